@@ -68,6 +68,8 @@ class Endpoint:
     name: EndpointName
     zones: tuple[str, ...] = ()
     prefer_zone: str | None = None
+    # HTTPS port of the endpoint: 443 on AWS; other values only for test stand-ins and port-forwarding.
+    port: int = 443
 
     @property
     def endpoint_id(self) -> str:

@@ -1,0 +1,242 @@
+"""The mitmproxy addon: a thin shell that turns flows into core values, asks the core, writes back the answer.
+
+Load it with `mitmdump -s addons/s3proxy_addon.py --set s3proxy_config=FILE`, or run `s3proxy run`, which
+embeds mitmproxy with the options this needs (regular mode, lazy connections, verified upstream TLS).
+
+Strategy:
+- `http_connect` / `requestheaders` apply the access rules; only S3 names are decrypted (`allow_hosts` is
+  set by the runner; with `non_s3: deny` other CONNECTs are refused here).
+- `requestheaders` does all the work, because headers go upstream as soon as body streaming starts: the
+  Engine decides (rewrite + verify + re-sign), the resolver picks an address, the request is pointed at that
+  address with Host kept as the vpce name, and the aws-chunked re-signer is plugged into the body stream.
+- `server_connect` sets SNI to the vpce name; upstream connections are matched by address, so pointing the
+  request at the resolved address keeps mitmproxy's connection reuse working.
+- Every answer the proxy gives itself is S3-style XML from `s3proxy.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import Server
+from mitmproxy.proxy import server_hooks
+
+from s3proxy import access, hosts
+from s3proxy.chunked import ChunkResigner
+from s3proxy.config import Config, ConfigError, load_config
+from s3proxy.engine import Decision, Engine
+from s3proxy.errors import S3Error, error_headers, error_xml, new_request_id
+from s3proxy.model import Request, split_target
+from s3proxy.resolver import DnsFailure, Resolver
+from s3proxy.signing import signer_from_config
+
+log = logging.getLogger("s3proxy")
+
+_AUTH_OK = "s3proxy_auth_ok"
+
+
+def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -> http.Response:
+    request_id = new_request_id()
+    body = error_xml(error, request_id)
+    headers = error_headers(request_id, len(body)) + (extra or [])
+    return http.Response.make(error.status, body, [(k.encode(), v.encode()) for k, v in headers])
+
+
+def request_from_flow(req: http.Request) -> Request:
+    """The core's view of a mitmproxy request. Path and query stay raw (surrogate-escaped like mitmproxy)."""
+    host_header = req.host_header or req.host
+    host, _, port_text = host_header.rpartition(":") if host_header.count(":") == 1 else (host_header, "", "")
+    port = int(port_text) if port_text.isdigit() else None
+    path, query, has_query = split_target(req.path)
+    headers = tuple(
+        (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+        for k, v in req.headers.fields
+    )
+    return Request(
+        method=req.method,
+        scheme=req.scheme,
+        host=host.lower().rstrip("."),
+        port=port,
+        path=path,
+        query=query,
+        headers=headers,
+        has_query=has_query,
+    )
+
+
+class ChunkStream:
+    """Plugs the aws-chunked re-signer into mitmproxy's request body stream.
+
+    On a bad chunk nothing valid is emitted again: the rest of the body (as many bytes as the client sends,
+    so Content-Length still holds) is replaced by filler that is not aws-chunked framing, so S3 rejects the
+    upload and stores nothing; the response is then replaced by the proxy's own error.
+    """
+
+    def __init__(self, resigner: ChunkResigner) -> None:
+        self.resigner = resigner
+        self.error: S3Error | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def __call__(self, data: bytes) -> bytes:
+        self.bytes_in += len(data)
+        if self.error is None:
+            try:
+                out = self.resigner.feed(data) if data else self.resigner.finish()
+            except S3Error as e:
+                self.error = e
+            else:
+                self.bytes_out += len(out)
+                return out
+        filler = b"X" * (self.bytes_in - self.bytes_out)
+        self.bytes_out = self.bytes_in
+        return filler
+
+
+class S3Proxy:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.config: Config | None = None
+        self.engine: Engine | None = None
+        self.resolver: Resolver | None = None
+        # Upstream address -> SNI (the vpce name). Connections are pooled per address, and one address
+        # serves one endpoint, so the name is the same for every request on that address.
+        self._sni: dict[tuple[str, int], str] = {}
+
+    # -- options and config -------------------------------------------------------------------------
+    def load(self, loader: object) -> None:
+        loader.add_option(  # type: ignore[attr-defined]
+            "s3proxy_config", str, "", "Path to the s3proxy YAML configuration file."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "s3proxy_config" not in updated:
+            return
+        path = ctx.options.s3proxy_config
+        if not path:
+            raise exceptions.OptionsError("s3proxy_config is not set: pass --set s3proxy_config=FILE")
+        try:
+            self.apply_config(load_config(Path(path), os.environ))
+        except ConfigError as e:
+            raise exceptions.OptionsError(f"{path}: {e}") from None
+
+    def apply_config(self, config: Config) -> None:
+        signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
+        self.engine = Engine(config, signer)
+        self.resolver = Resolver.from_config(config.dns)
+        self.config = config
+
+    # -- access rules ---------------------------------------------------------------------------------
+    def _refuse_client(self, flow: http.HTTPFlow) -> bool:
+        """Apply access rules; True when the flow was answered with a refusal."""
+        assert self.config is not None
+        if flow.client_conn.peername is None:
+            return False
+        if flow.metadata.get(_AUTH_OK) or getattr(flow.client_conn, _AUTH_OK, False):
+            return False
+        refusal = access.check_client(flow.client_conn.peername[0], self.config.access)
+        if refusal is None:
+            refusal = access.check_proxy_auth(
+                flow.request.headers.get("Proxy-Authorization"), self.config.access
+            )
+        if refusal is None:
+            setattr(flow.client_conn, _AUTH_OK, True)
+            return False
+        log.warning("refused client %s: %s", flow.client_conn.peername[0], refusal.reason)
+        code = "AccessDenied" if refusal.status == 403 else "ProxyAuthenticationRequired"
+        extra = [("Proxy-Authenticate", 'Basic realm="s3proxy"')] if refusal.status == 407 else None
+        flow.response = error_response(S3Error(refusal.status, code, refusal.message), extra)
+        return True
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self.config is None or self._refuse_client(flow):
+            return
+        if self.config.non_s3 == "deny" and not hosts.is_s3_host(flow.request.host):
+            flow.response = error_response(
+                S3Error(
+                    403,
+                    "AccessDenied",
+                    f"{flow.request.host} is not an S3 name and non_s3 is 'deny': "
+                    "s3proxy only carries S3 traffic",
+                )
+            )
+
+    # -- requests ---------------------------------------------------------------------------------------
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.engine is None or self.resolver is None or self.config is None or flow.response:
+            return
+        if self._refuse_client(flow):
+            return
+        req = request_from_flow(flow.request)
+        if not hosts.is_s3_host(req.host):
+            if self.config.non_s3 == "deny" or flow.client_conn.tls_established:
+                # Inside a decrypted tunnel the inner Host must be S3 too: never forward it elsewhere.
+                flow.response = error_response(
+                    S3Error(403, "AccessDenied", f"{req.host or '(no host)'} is not an S3 name")
+                )
+            else:
+                flow.request.stream = True
+            return
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        decision = self.engine.decide(req, now)
+        flow.metadata["s3proxy"] = decision
+        if decision.action == "reject":
+            assert decision.error is not None
+            flow.response = error_response(decision.error.with_resource(req.path))
+            return
+        if decision.action == "passthrough":
+            self._point(flow, decision, decision.host, decision.port)
+            return
+        assert decision.endpoint is not None
+        try:
+            picks = await self.resolver.pick(decision.endpoint, decision.kind)
+        except DnsFailure as e:
+            flow.response = error_response(e.to_s3_error().with_resource(req.path))
+            return
+        address = picks[0][0]
+        self._point(flow, decision, address, decision.port)
+        if decision.chunk is not None:
+            flow.request.stream = ChunkStream(ChunkResigner(decision.chunk))
+            flow.metadata["s3proxy_chunks"] = flow.request.stream
+
+    def _point(self, flow: http.HTTPFlow, decision: Decision, address: str, port: int) -> None:
+        r = flow.request
+        r.scheme = "https"
+        r.host = address
+        r.port = port
+        r.path = decision.target
+        r.headers = http.Headers(
+            [
+                (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                for k, v in decision.headers
+            ]
+        )
+        r.stream = True
+        self._sni[(address, port)] = decision.host
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server: Server = data.server
+        if server.address is not None and (sni := self._sni.get((server.address[0], server.address[1]))):
+            server.sni = sni
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            return
+        chunks = flow.metadata.get("s3proxy_chunks")
+        # After a failed chunk the (small) upstream error is read whole and replaced in `response`.
+        flow.response.stream = not (isinstance(chunks, ChunkStream) and chunks.error is not None)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        chunks = flow.metadata.get("s3proxy_chunks")
+        if isinstance(chunks, ChunkStream) and chunks.error is not None:
+            # Never present an upload as stored when a chunk failed verification: say why it failed.
+            flow.response = error_response(chunks.error)
+
+
+addons = [S3Proxy()]

@@ -1,0 +1,716 @@
+"""The configuration: one YAML file validated once into a frozen, typed `Config`.
+
+# Strategy: a small walker (`_Node`) carries the key path of every value it hands out, so each check can
+# raise `ConfigError` naming where the bad value sits (`endpoints.eu-west-1.dns_name: ...`). Every section
+# has a parse function that accepts only the keys it knows (typos get a did-you-mean) and returns a frozen
+# value. Files and the environment are read here, at load time only; nothing later reads them again.
+# Secrets never appear in an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import hmac
+import ipaddress
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, NoReturn, cast
+
+import yaml
+
+from s3proxy.endpoint import REGION_RE, ZONE_RE, Endpoint, parse_endpoint_name
+from s3proxy.hosts import UNSUPPORTED_FAMILIES
+
+Action = Literal["reject", "passthrough"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key path and the bad value (never a secret)."""
+
+
+# ----------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningConfig:
+    mode: Literal["keyring", "proxy-identity"] = "keyring"
+    keys: tuple[KeyEntry, ...] = ()
+    profiles: tuple[str, ...] = ()
+    identity_profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 3128
+    mode: Literal["regular", "transparent"] = "regular"  # explicit proxy, or iptables REDIRECT
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    ca_dir: Path = Path("~/.s3proxy/ca")
+    upstream_ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system's resolver configuration
+    timeout: float = 2.0
+    cache_max_ttl: float = 300.0
+    negative_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyUser:
+    username: str
+    password_hash: str = field(repr=False)
+
+
+_LOOPBACK_NETS: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    allow_clients: tuple[IPNetwork, ...] = _LOOPBACK_NETS
+    users: tuple[ProxyUser, ...] = ()
+
+    @property
+    def open_to_all(self) -> tuple[IPNetwork, ...]:
+        """Networks in allow_clients that admit every address (0.0.0.0/0, ::/0)."""
+        return tuple(n for n in self.allow_clients if n.prefixlen == 0)
+
+    @property
+    def loopback_only(self) -> bool:
+        return all(
+            n.network_address.is_loopback and n.broadcast_address.is_loopback for n in self.allow_clients
+        )
+
+    @property
+    def restricted(self) -> bool:
+        """True if these rules really limit who may use the proxy: no catch-all network, and either only
+        loopback clients or proxy authentication. proxy-identity signing requires it."""
+        return not self.open_to_all and (self.loopback_only or bool(self.users))
+
+    def client_allowed(self, address: str) -> bool:
+        """True if the client IP (v4, v6 or v4-mapped v6) is inside one of `allow_clients`."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow_clients)
+
+
+def _empty_mapping() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+def _default_unsupported() -> Mapping[str, Action]:
+    return MappingProxyType(dict.fromkeys(UNSUPPORTED_FAMILIES, "reject"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    endpoints: Mapping[str, Endpoint] = field(default_factory=_empty_mapping)
+    default_region: str = "us-east-1"
+    addressing: Literal["path", "virtual"] = "path"
+    buckets: Mapping[str, str] = field(default_factory=_empty_mapping)
+    # One action per unsupported family (every family present).
+    unsupported: Mapping[str, Action] = field(default_factory=_default_unsupported)
+    unknown_region: Action = "reject"
+    signing: SigningConfig = SigningConfig()
+    listen: ListenConfig = ListenConfig()
+    non_s3: Literal["tunnel", "deny"] = "tunnel"
+    tls: TLSConfig = TLSConfig()
+    dns: DNSConfig = DNSConfig()
+    access: AccessConfig = AccessConfig()
+
+    def unsupported_action(self, family: str) -> Action:
+        return self.unsupported.get(family, "reject")
+
+    def endpoint_for(self, region: str) -> Endpoint | None:
+        return self.endpoints.get(region)
+
+
+# ---------------------------------------------------------------------------------------------- walker
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A value from the YAML document together with its key path."""
+
+    path: str
+    value: Any
+    secret: bool = False
+
+    def fail(self, message: str, *, show: bool = True) -> NoReturn:
+        shown = "" if (self.secret or not show) else f"{_show(self.value)} "
+        raise ConfigError(f"{self.path or '<top level>'}: {shown}{message}")
+
+    def child(self, key: str | int, value: Any, *, secret: bool = False) -> _Node:
+        if isinstance(key, int):
+            return _Node(f"{self.path}[{key}]", value, secret)
+        return _Node(f"{self.path}.{key}" if self.path else key, value, secret)
+
+    def mapping(self, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if not isinstance(self.value, dict):
+            self.fail(f"must be a mapping, not {_type_name(self.value)}", show=False)
+        for k in self.value:
+            if not isinstance(k, str):
+                self.child(str(k), None).fail(
+                    f"key {_show(k)} must be a string (quote it in YAML)", show=False
+                )
+            if allowed is not None and k not in allowed:
+                hint = difflib.get_close_matches(k, allowed, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
+                self.child(k, None).fail(f"unknown key{extra}", show=False)
+        return cast(dict[str, Any], self.value)
+
+    def items(self, allowed: tuple[str, ...] | None = None) -> Iterator[tuple[str, _Node]]:
+        for k, v in self.mapping(allowed).items():
+            yield k, self.child(k, v)
+
+    def get(self, key: str, allowed: tuple[str, ...]) -> _Node | None:
+        m = self.mapping(allowed)
+        if key not in m or m[key] is None:
+            return None
+        return self.child(key, m[key])
+
+    def as_list(self) -> list[_Node]:
+        if not isinstance(self.value, list):
+            self.fail(f"must be a list, not {_type_name(self.value)}", show=False)
+        return [self.child(i, v) for i, v in enumerate(self.value)]
+
+    def as_str(self) -> str:
+        if not isinstance(self.value, str):
+            what = _type_name(self.value)
+            self.fail(f"must be a string, not {what}" + ("" if self.secret else " (quote it in YAML)"))
+        if not self.value.strip():
+            self.fail("must not be empty")
+        return self.value
+
+    def choice[T: str](self, options: tuple[T, ...]) -> T:
+        if not isinstance(self.value, str) or self.value not in options:
+            self.fail(f"must be one of: {', '.join(options)}")
+        return self.value
+
+    def number(self, *, minimum: float, maximum: float | None = None, integer: bool = False) -> float:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            self.fail("must be " + ("an integer" if integer else "a number"))
+        if v < minimum or (maximum is not None and v > maximum):
+            bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+            self.fail(f"must be {bound}")
+        return float(v)
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+_TOP_KEYS = (
+    "endpoints",
+    "default_region",
+    "addressing",
+    "buckets",
+    "unsupported",
+    "unknown_region",
+    "signing",
+    "listen",
+    "non_s3",
+    "tls",
+    "dns",
+    "access",
+)
+_ENDPOINT_KEYS = ("dns_name", "zones", "prefer_zone", "port")
+_SIGNING_KEYS = ("mode", "keys", "keys_file", "profiles", "identity_profile")
+_KEY_KEYS = ("access_key_id", "secret_access_key", "secret_access_key_env")
+_ACTIONS: tuple[Action, ...] = ("reject", "passthrough")
+
+
+def _region(node: _Node) -> str:
+    value = node.as_str()
+    if not REGION_RE.match(value):
+        node.fail("is not an AWS region name (like 'us-east-1', 'eu-west-1', 'cn-north-1')")
+    return value
+
+
+def _endpoint(node: _Node, region: str) -> Endpoint:
+    port_node: _Node | None = None
+    if isinstance(node.value, str):
+        name_node, zones_node, prefer_node = node, None, None
+    else:
+        m = node.mapping(_ENDPOINT_KEYS)
+        if m.get("dns_name") is None:
+            node.child("dns_name", None).fail("is required", show=False)
+        name_node = node.child("dns_name", m["dns_name"])
+        zones_node = node.get("zones", _ENDPOINT_KEYS)
+        prefer_node = node.get("prefer_zone", _ENDPOINT_KEYS)
+        port_node = node.get("port", _ENDPOINT_KEYS)
+    try:
+        name = parse_endpoint_name(name_node.as_str())
+    except ValueError as e:
+        name_node.fail(str(e))
+    if name.region != region:
+        name_node.fail(f"is an endpoint in region {name.region!r}, but it is listed under {region!r}")
+    if name.region.startswith("cn-") != name.dns_suffix.endswith(".cn"):
+        name_node.fail(f"region {name.region!r} does not belong to partition {name.dns_suffix!r}")
+    zones: list[str] = []
+    for zn in zones_node.as_list() if zones_node else []:
+        z = zn.as_str()
+        if not ZONE_RE.match(z) or z[:-1] != region:
+            zn.fail(f"is not an Availability Zone of {region} (like '{region}a')")
+        if z in zones:
+            zn.fail("is listed twice")
+        zones.append(z)
+    prefer = prefer_node.as_str() if prefer_node else None
+    if name.zone is not None:
+        # A zonal name was given: its zone is where the operator wants traffic to go.
+        if zones and name.zone not in zones:
+            name_node.fail(f"is the zonal name for {name.zone}, which is not in zones")
+        if not zones:
+            zones = [name.zone]
+        prefer = prefer or name.zone
+    if prefer is not None and prefer not in zones:
+        assert prefer_node is not None
+        prefer_node.fail(f"must be one of zones ({', '.join(zones) or 'none listed'})")
+    port = int(port_node.number(minimum=1, maximum=65535, integer=True)) if port_node else 443
+    return Endpoint(region=region, name=name, zones=tuple(zones), prefer_zone=prefer, port=port)
+
+
+def _unsupported(node: _Node) -> Mapping[str, Action]:
+    if isinstance(node.value, str):
+        action = node.choice(_ACTIONS)
+        return MappingProxyType(dict.fromkeys(UNSUPPORTED_FAMILIES, action))
+    actions: dict[str, Action] = dict.fromkeys(UNSUPPORTED_FAMILIES, "reject")
+    for fam, child in node.items(UNSUPPORTED_FAMILIES):
+        actions[fam] = child.choice(_ACTIONS)
+    return MappingProxyType(actions)
+
+
+_AKID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _key_entry(node: _Node, environ: Mapping[str, str]) -> KeyEntry:
+    m = node.mapping(_KEY_KEYS)
+    if m.get("access_key_id") is None:
+        node.child("access_key_id", None).fail("is required", show=False)
+    akid_node = node.child("access_key_id", m["access_key_id"])
+    akid = akid_node.as_str()
+    # The key id sits in `Credential=AKID/DATE/...`: no '/', ',', '=' or spaces can be part of it.
+    if len(akid) > 128 or not set(akid) <= _AKID_CHARS:
+        akid_node.fail("is not an access key id (letters and digits, like 'AKIAIOSFODNN7EXAMPLE')")
+    inline, env = m.get("secret_access_key"), m.get("secret_access_key_env")
+    if inline is not None and env is not None:
+        node.fail("give either secret_access_key or secret_access_key_env, not both", show=False)
+    if inline is not None:
+        secret = node.child("secret_access_key", inline, secret=True).as_str()
+    elif env is not None:
+        env_node = node.child("secret_access_key_env", env)
+        var = env_node.as_str()
+        secret = environ.get(var, "")
+        if not secret:
+            env_node.fail(f"environment variable {var!r} is not set or empty", show=False)
+    else:
+        node.fail(f"access key {akid!r} needs secret_access_key or secret_access_key_env", show=False)
+    return KeyEntry(akid, secret)
+
+
+def _keys_file(node: _Node, base_dir: Path, environ: Mapping[str, str]) -> list[KeyEntry]:
+    path = _path(node, base_dir, environ)
+    try:
+        st = path.stat()
+    except OSError as e:
+        node.fail(f"cannot be read: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        node.fail("is not a regular file")
+    if st.st_mode & 0o077:
+        node.fail(
+            f"holds secrets but is readable or writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    doc = _read_yaml(path, node.path)
+    keys_node = _Node(f"{node.path}({path.name}).keys", None)
+    top = _Node(f"{node.path}({path.name})", doc if doc is not None else {})
+    k = top.get("keys", ("keys",))
+    if k is None:
+        keys_node.fail("is required", show=False)
+    return [_key_entry(n, environ) for n in k.as_list()]
+
+
+def _signing(node: _Node | None, base_dir: Path, environ: Mapping[str, str]) -> SigningConfig:
+    if node is None:
+        return SigningConfig()
+    node.mapping(_SIGNING_KEYS)
+    mode_node = node.get("mode", _SIGNING_KEYS)
+    mode: Literal["keyring", "proxy-identity"] = (
+        mode_node.choice(("keyring", "proxy-identity")) if mode_node else "keyring"
+    )
+    entries: list[tuple[_Node, KeyEntry]] = []
+    keys_node = node.get("keys", _SIGNING_KEYS)
+    for kn in keys_node.as_list() if keys_node else []:
+        entries.append((kn, _key_entry(kn, environ)))
+    file_node = node.get("keys_file", _SIGNING_KEYS)
+    if file_node is not None:
+        entries.extend((file_node, e) for e in _keys_file(file_node, base_dir, environ))
+    seen: set[str] = set()
+    for where, entry in entries:
+        if entry.access_key_id in seen:
+            where.fail(f"access key id {entry.access_key_id!r} is listed twice", show=False)
+        seen.add(entry.access_key_id)
+    profiles: list[str] = []
+    prof_node = node.get("profiles", _SIGNING_KEYS)
+    for pn in prof_node.as_list() if prof_node else []:
+        p = pn.as_str()
+        if p in profiles:
+            pn.fail("is listed twice")
+        profiles.append(p)
+    ident_node = node.get("identity_profile", _SIGNING_KEYS)
+    identity = ident_node.as_str() if ident_node else None
+    return SigningConfig(mode, tuple(e for _, e in entries), tuple(profiles), identity)
+
+
+def _path(node: _Node, base_dir: Path, environ: Mapping[str, str]) -> Path:
+    text = node.as_str()
+    if text == "~" or text.startswith("~/"):
+        home = environ.get("HOME")
+        if home:
+            p = Path(home + text[1:])
+        else:
+            # No HOME given: ask the OS (passwd database) rather than keep a literal '~' directory name.
+            try:
+                p = Path(text).expanduser()
+            except RuntimeError:
+                node.fail("starts with '~' but the home directory is unknown; give an absolute path")
+    else:
+        p = Path(text)
+    return p if p.is_absolute() else base_dir / p
+
+
+def _listen(node: _Node | None) -> ListenConfig:
+    if node is None:
+        return ListenConfig()
+    keys = ("host", "port", "mode")
+    node.mapping(keys)
+    host_node, port_node, mode_node = node.get("host", keys), node.get("port", keys), node.get("mode", keys)
+    host = host_node.as_str() if host_node else "127.0.0.1"
+    port = int(port_node.number(minimum=1, maximum=65535, integer=True)) if port_node else 3128
+    mode: Literal["regular", "transparent"] = (
+        mode_node.choice(("regular", "transparent")) if mode_node else "regular"
+    )
+    return ListenConfig(host, port, mode)
+
+
+def _tls(node: _Node | None, base_dir: Path, environ: Mapping[str, str]) -> TLSConfig:
+    keys = ("ca_dir", "upstream_ca_bundle")
+    default_ca = _path(_Node("tls.ca_dir", "~/.s3proxy/ca"), base_dir, environ)
+    if node is None:
+        return TLSConfig(ca_dir=default_ca)
+    node.mapping(keys)
+    ca_node, bundle_node = node.get("ca_dir", keys), node.get("upstream_ca_bundle", keys)
+    ca_dir = _path(ca_node, base_dir, environ) if ca_node else default_ca
+    if ca_node and ca_dir.exists() and not ca_dir.is_dir():
+        ca_node.fail("exists and is not a directory")
+    bundle = None
+    if bundle_node is not None:
+        bundle = _path(bundle_node, base_dir, environ)
+        if not bundle.is_file():
+            bundle_node.fail(f"is not a readable file ({bundle})")
+    return TLSConfig(ca_dir, bundle)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """`10.0.0.2`, `127.0.0.1:5353`, `::1`, `[::1]:53` -> (address, port). Raises ValueError."""
+    host, port = text.strip(), 53
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise ValueError("has an unclosed '['")
+        rest = host[end + 1 :]
+        host = host[1:end]
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError("must be ADDRESS, ADDRESS:PORT or [IPv6]:PORT")
+            port = int(rest[1:])
+    elif host.count(":") == 1:
+        host, _, p = host.partition(":")
+        if not p.isdigit():
+            raise ValueError("has a port that is not a number")
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("is not an IP address (nameservers are given by address)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError("has a port outside 1-65535")
+    return host, port
+
+
+def _dns(node: _Node | None) -> DNSConfig:
+    if node is None:
+        return DNSConfig()
+    keys = ("nameservers", "timeout", "cache_max_ttl", "negative_ttl")
+    node.mapping(keys)
+    servers: list[tuple[str, int]] = []
+    ns_node = node.get("nameservers", keys)
+    for sn in ns_node.as_list() if ns_node else []:
+        if isinstance(sn.value, list):
+            sn.fail("must be a string: quote '[IPv6]:PORT' entries in YAML", show=False)
+        try:
+            servers.append(parse_nameserver(sn.as_str()))
+        except ValueError as e:
+            sn.fail(str(e))
+    d = DNSConfig()
+
+    def num(key: str, default: float, minimum: float) -> float:
+        n = node.get(key, keys) if node else None
+        return n.number(minimum=minimum) if n else default
+
+    timeout = num("timeout", d.timeout, 0.001)
+    return DNSConfig(
+        tuple(servers),
+        timeout,
+        num("cache_max_ttl", d.cache_max_ttl, 0),
+        num("negative_ttl", d.negative_ttl, 0),
+    )
+
+
+# ------------------------------------------------------------------------------------ proxy passwords
+
+_HASH_SCHEME = "pbkdf2_sha256"
+
+
+def hash_password(password: str, salt: bytes, iterations: int = 600_000) -> str:
+    """`pbkdf2_sha256$ITERATIONS$SALT_B64$HASH_B64` for `access.users[].password_hash` (OWASP 2023 count)."""
+    if iterations < 1 or not salt:
+        raise ValueError("iterations must be positive and salt non-empty")
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return "$".join(
+        (_HASH_SCHEME, str(iterations), base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    )
+
+
+def _parse_hash(stored: str) -> tuple[int, bytes, bytes]:
+    parts = stored.split("$")
+    if len(parts) != 4 or parts[0] != _HASH_SCHEME or not parts[1].isdigit():
+        raise ValueError("is not a password hash of the form pbkdf2_sha256$ITERATIONS$SALT_B64$HASH_B64")
+    try:
+        salt = base64.b64decode(parts[2], validate=True)
+        digest = base64.b64decode(parts[3], validate=True)
+    except ValueError:
+        raise ValueError("has salt or hash that is not valid base64") from None
+    iterations = int(parts[1])
+    if iterations < 1000 or not salt or len(digest) != 32:
+        raise ValueError("needs at least 1000 iterations, a salt and a 32-byte SHA-256 hash")
+    return iterations, salt, digest
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of `password` against a `hash_password` string; False if `stored` is malformed."""
+    try:
+        iterations, salt, digest = _parse_hash(stored)
+    except ValueError:
+        return False
+    return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations), digest)
+
+
+def _access(node: _Node | None) -> AccessConfig:
+    if node is None:
+        return AccessConfig()
+    keys = ("allow_clients", "users")
+    node.mapping(keys)
+    nets: list[IPNetwork] = []
+    nets_node = node.get("allow_clients", keys)
+    if nets_node is not None:
+        for cn in nets_node.as_list():
+            try:
+                nets.append(ipaddress.ip_network(cn.as_str(), strict=True))
+            except ValueError as e:
+                cn.fail(f"is not a CIDR network like '10.0.0.0/8' ({e})")
+    users: list[ProxyUser] = []
+    users_node = node.get("users", keys)
+    for un in users_node.as_list() if users_node else []:
+        ukeys = ("username", "password_hash")
+        m = un.mapping(ukeys)
+        for k in ukeys:
+            if m.get(k) is None:
+                un.child(k, None).fail("is required", show=False)
+        name_node = un.child("username", m["username"])
+        name = name_node.as_str()
+        if ":" in name:
+            name_node.fail("must not contain ':' (Basic authentication separates user and password by it)")
+        if any(u.username == name for u in users):
+            name_node.fail("is listed twice")
+        hash_node = un.child("password_hash", m["password_hash"], secret=True)
+        try:
+            _parse_hash(hash_node.as_str())
+        except ValueError as e:
+            hash_node.fail(f"{e}; make one with s3proxy.config.hash_password")
+        users.append(ProxyUser(name, m["password_hash"]))
+    allow = tuple(nets) if nets_node is not None else AccessConfig().allow_clients
+    return AccessConfig(allow, tuple(users))
+
+
+def _check_identity_guarded(signing: SigningConfig, access: AccessConfig) -> None:
+    """proxy-identity signs with the proxy's own credentials: anyone who can reach it acts with them, so it
+    is refused unless the access rules really restrict who that is."""
+    if signing.mode != "proxy-identity":
+        return
+    open_nets = [str(n) for n in access.open_to_all]
+    if open_nets:
+        raise ConfigError(
+            f"signing.mode: 'proxy-identity' signs every request with the proxy's own AWS identity, but "
+            f"access.allow_clients admits every address ({', '.join(open_nets)}); list only the client "
+            f"networks that may use that identity"
+        )
+    if not access.restricted:
+        raise ConfigError(
+            "signing.mode: 'proxy-identity' signs every request with the proxy's own AWS identity, but "
+            "access.allow_clients admits non-loopback clients and access.users is empty; add access.users "
+            "(proxy authentication) or restrict allow_clients to loopback"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config:
+    """Validate a parsed YAML document (None = empty file) into a `Config`. Raises ConfigError."""
+    root = _Node("", {} if data is None else data)
+    root.mapping(_TOP_KEYS)
+
+    def get(key: str) -> _Node | None:
+        return root.get(key, _TOP_KEYS)
+
+    endpoints: dict[str, Endpoint] = {}
+    ep_node = get("endpoints")
+    if ep_node is None:
+        root.child("endpoints", None).fail(
+            "is required: map each region to its S3 interface endpoint name", show=False
+        )
+    for region, en in ep_node.items():
+        if not REGION_RE.match(region):
+            en.fail("is not an AWS region name (like 'us-east-1')", show=False)
+        if en.value is None:
+            en.fail("needs the endpoint's DNS name", show=False)
+        endpoints[region] = _endpoint(en, region)
+    if not endpoints:
+        ep_node.fail("must name at least one endpoint", show=False)
+
+    dr = get("default_region")
+    default_region = _region(dr) if dr else "us-east-1"
+    ad = get("addressing")
+    addressing: Literal["path", "virtual"] = ad.choice(("path", "virtual")) if ad else "path"
+
+    buckets: dict[str, str] = {}
+    bn = get("buckets")
+    for bucket, rn in bn.items() if bn else iter(()):
+        if not 1 <= len(bucket) <= 255 or not set(bucket) <= _BUCKET_CHARS:
+            rn.fail("is not a bucket name", show=False)
+        buckets[bucket] = _region(rn)
+
+    un = get("unsupported")
+    unsupported = _unsupported(un) if un else _default_unsupported()
+    ur = get("unknown_region")
+    unknown_region: Action = ur.choice(_ACTIONS) if ur else "reject"
+    ns = get("non_s3")
+    non_s3: Literal["tunnel", "deny"] = ns.choice(("tunnel", "deny")) if ns else "tunnel"
+
+    signing = _signing(get("signing"), base_dir, environ)
+    access = _access(get("access"))
+    _check_identity_guarded(signing, access)
+    return Config(
+        endpoints=MappingProxyType(endpoints),
+        default_region=default_region,
+        addressing=addressing,
+        buckets=MappingProxyType(buckets),
+        unsupported=unsupported,
+        unknown_region=unknown_region,
+        signing=signing,
+        listen=_listen(get("listen")),
+        non_s3=non_s3,
+        tls=_tls(get("tls"), base_dir, environ),
+        dns=_dns(get("dns")),
+        access=access,
+    )
+
+
+_BUCKET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(f"line {mark.line + 1}: key {key!r} appears twice in the same mapping")
+        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path, label: str) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{label}: cannot read {path}: {reason}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{label}: {path}: {e}") from None
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" line {mark.line + 1} column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{label}: {path}:{where}: {problem}") from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
+    """Read and validate the YAML config file at `path`. Raises ConfigError."""
+    p = Path(path)
+    data = _read_yaml(p, "config")
+    return parse_config(data, base_dir=p.resolve().parent, environ=environ)

