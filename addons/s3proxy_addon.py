@@ -128,6 +128,11 @@ class S3Proxy:
 
     def apply_config(self, config: Config) -> None:
         signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
+        if config.signing.mode == "keyring" and not config.signing.keys and not config.signing.profiles:
+            log.warning(
+                "the keyring is empty (signing.keys, signing.keys_file, signing.profiles): every signed "
+                "request will be refused with InvalidAccessKeyId until keys are configured"
+            )
         self.engine = Engine(config, signer)
         self.resolver = Resolver.from_config(config.dns)
         self.config = config
