@@ -70,6 +70,32 @@ def request_from_flow(req: http.Request) -> Request:
     )
 
 
+# Query parameters that carry a signature or a session token: never written to the log.
+_SECRET_PARAMS = ("x-amz-signature=", "x-amz-security-token=", "signature=")
+
+
+def _loggable(target: str) -> str:
+    path, sep, query = target.partition("?")
+    if not sep:
+        return path
+    parts = [
+        f"{p.partition('=')[0]}=..." if p.lower().startswith(_SECRET_PARAMS) else p for p in query.split("&")
+    ]
+    return f"{path}?{'&'.join(parts)}"
+
+
+def describe(req: Request, d: Decision) -> str:
+    """One log line per request: what the client asked for -> what goes upstream (never a secret)."""
+    port = "" if req.port is None else f":{req.port}"
+    asked = f"{req.method} {req.scheme}://{req.host}{port}{_loggable(req.target)}"
+    if d.action == "reject":
+        assert d.error is not None
+        return f"{asked} -> refused {d.error.status} {d.error.code} ({d.plan.family})"
+    sent = f"{d.method} https://{d.host}{'' if d.port == 443 else f':{d.port}'}{_loggable(d.target)}"
+    why = "passthrough" if d.action == "passthrough" else f"{d.plan.region} from {d.plan.region_source}"
+    return f"{asked} -> {sent} ({why}; signature {d.signing})"
+
+
 class ChunkStream:
     """Plugs the aws-chunked re-signer into mitmproxy's request body stream.
 
@@ -78,8 +104,9 @@ class ChunkStream:
     upload and stores nothing; the response is then replaced by the proxy's own error.
     """
 
-    def __init__(self, resigner: ChunkResigner) -> None:
+    def __init__(self, resigner: ChunkResigner, resource: str = "") -> None:
         self.resigner = resigner
+        self.resource = resource  # the path the client sent, for the error's <Resource>
         self.error: S3Error | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -108,6 +135,9 @@ class S3Proxy:
         # Upstream address -> SNI (the vpce name). Connections are pooled per address, and one address
         # serves one endpoint, so the name is the same for every request on that address.
         self._sni: dict[tuple[str, int], str] = {}
+        # Why the last config was refused: mitmproxy rolls a failed option update back and calls
+        # `configure` again with the old (empty) path, which must not mask the real reason.
+        self._config_error: str | None = None
 
     # -- options and config -------------------------------------------------------------------------
     def load(self, loader: object) -> None:
@@ -120,11 +150,16 @@ class S3Proxy:
             return
         path = ctx.options.s3proxy_config
         if not path:
-            raise exceptions.OptionsError("s3proxy_config is not set: pass --set s3proxy_config=FILE")
+            raise exceptions.OptionsError(
+                self._config_error or "s3proxy_config is not set: pass --set s3proxy_config=FILE"
+            )
         try:
             self.apply_config(load_config(Path(path), os.environ))
-        except ConfigError as e:
-            raise exceptions.OptionsError(f"{path}: {e}") from None
+        except (ConfigError, ValueError) as e:
+            # ValueError: the signer cannot be built (e.g. proxy-identity finds no credentials); a clear
+            # one-line refusal to start, never an "Addon error" traceback.
+            self._config_error = f"{path}: {e}"
+            raise exceptions.OptionsError(self._config_error) from None
 
     def apply_config(self, config: Config) -> None:
         signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
@@ -191,6 +226,7 @@ class S3Proxy:
         now = datetime.fromtimestamp(self.clock(), UTC)
         decision = self.engine.decide(req, now)
         flow.metadata["s3proxy"] = decision
+        log.info("%s", describe(req, decision))
         if decision.action == "reject":
             assert decision.error is not None
             flow.response = error_response(decision.error.with_resource(req.path))
@@ -207,7 +243,7 @@ class S3Proxy:
         address = picks[0][0]
         self._point(flow, decision, address, decision.port)
         if decision.chunk is not None:
-            flow.request.stream = ChunkStream(ChunkResigner(decision.chunk))
+            flow.request.stream = ChunkStream(ChunkResigner(decision.chunk), req.path)
             flow.metadata["s3proxy_chunks"] = flow.request.stream
 
     def _point(self, flow: http.HTTPFlow, decision: Decision, address: str, port: int) -> None:
@@ -241,7 +277,7 @@ class S3Proxy:
         chunks = flow.metadata.get("s3proxy_chunks")
         if isinstance(chunks, ChunkStream) and chunks.error is not None:
             # Never present an upload as stored when a chunk failed verification: say why it failed.
-            flow.response = error_response(chunks.error)
+            flow.response = error_response(chunks.error.with_resource(chunks.resource))
 
 
 addons = [S3Proxy()]

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,8 @@ def load(arg: str | None) -> tuple[Config, Path]:
     try:
         return load_config(path, os.environ), path
     except ConfigError as e:
-        raise UsageError(f"{path}: {e}") from None
+        # Read errors already name the file; validation errors name only the key path.
+        raise UsageError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
     except OSError as e:
         raise UsageError(f"{path}: cannot read configuration: {e.strerror or e}") from None
 
@@ -52,36 +53,52 @@ def load(arg: str | None) -> tuple[Config, Path]:
 # -- explain --------------------------------------------------------------------------------------------
 
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MAX_URL = 16384
+
+
+def _quote_non_ascii(text: str) -> str:
+    """Non-ASCII characters percent-encoded as UTF-8, the way browsers and SDKs put them on the wire;
+    everything else (including existing escapes) byte for byte."""
+    return "".join(c if c.isascii() else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
+
+
 def request_from_url(method: str, url: str, headers: Sequence[tuple[str, str]]) -> Request:
     """A core Request from an absolute URL, keeping path and query exactly as written."""
-    if len(url) > 16384:
-        raise UsageError("URL longer than 16 KiB")
+    if len(url) > _MAX_URL:
+        raise UsageError(f"URL longer than {_MAX_URL // 1024} KiB")
+    if not method or not method.isascii() or not method.isalpha() or not method.isupper():
+        raise UsageError(f"not an HTTP method: {method!r} (give it in upper case, e.g. -X PUT)")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UsageError(f"URL contains whitespace or control characters (percent-encode them): {url!r}")
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as e:
+        hostname = parts.hostname
+    except (ValueError, UnicodeError) as e:
         raise UsageError(f"not a valid URL: {url!r} ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not hostname:
         raise UsageError(f"not an http(s) URL with a host: {url!r}")
-    # urlsplit lower-cases nothing in the path; take the raw target from the original text.
+    # urlsplit decodes nothing in the path; still, take the raw target from the original text so that
+    # nothing (`//`, `/./`, `%2F`, a bare `?`) is touched. The fragment never goes on the wire. A URL
+    # pasted from a browser may carry raw UTF-8 in the key; clients send that percent-encoded.
     after_host = url.split("//", 1)[1]
-    slash = after_host.find("/")
-    qmark = after_host.find("?")
-    cut = min(i for i in (slash, qmark, len(after_host)) if i >= 0)
-    target = after_host[cut:].split("#", 1)[0]
+    cut = min((i for i in map(after_host.find, "/?#") if i >= 0), default=len(after_host))
+    target = _quote_non_ascii(after_host[cut:].split("#", 1)[0])
     if not target.startswith("/"):
         target = "/" + target
     path, query, has_query = split_target(target)
-    if not method or not method.isalpha() or not method.isupper():
-        raise UsageError(f"not an HTTP method: {method!r}")
+    # What an HTTP client puts in Host for this URL: the authority without userinfo or a default port.
     host_header = parts.netloc.rsplit("@", 1)[-1]
+    if port is not None and port == {"https": 443, "http": 80}[parts.scheme]:
+        host_header = host_header.rsplit(":", 1)[0]
     hdrs = list(headers)
     if not any(k.lower() == "host" for k, _ in hdrs):
         hdrs.insert(0, ("Host", host_header))
     return Request(
         method=method,
         scheme=parts.scheme,
-        host=parts.hostname.lower().rstrip("."),
+        host=hostname.lower().rstrip("."),
         port=port,
         path=path,
         query=query,
@@ -91,10 +108,19 @@ def request_from_url(method: str, url: str, headers: Sequence[tuple[str, str]]) 
 
 
 def parse_header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c in text for c in "\r\n\0"):
+    """`Name: value` as curl takes it (`Name;` is an empty value). The value loses the surrounding
+    whitespace HTTP drops on the wire (RFC 9110 5.5) and keeps its inner spacing, which SigV4 collapses
+    itself when it signs."""
+    line = text.rstrip("\r\n")
+    name, sep, value = line.partition(":")
+    if not sep and line.endswith(";") and ";" not in line[:-1]:
+        name, sep, value = line[:-1], ":", ""
+    name = name.strip()
+    if not sep or not name or any(c not in _TCHAR for c in name):
         raise UsageError(f"not a header 'Name: value': {text!r}")
-    return name.strip(), value.strip()
+    if any(c in value for c in "\r\n\0"):
+        raise UsageError(f"header {name} has a line break or NUL in its value")
+    return name, value.strip(" \t")
 
 
 def decision_json(req: Request, d: Decision) -> dict[str, Any]:
@@ -131,7 +157,9 @@ def decision_text(req: Request, d: Decision) -> str:
         lines.append(f"error:     {d.error.status} {d.error.code}: {d.error.message}")
     else:
         lines.append(f"upstream:  {d.method} {d.url}")
-    if d.signing:
+    if d.signing == "refused":
+        lines.append("signing:   refused (authentication failed the check above; nothing is sent)")
+    elif d.signing:
         lines.append(f"signing:   {d.signing}" + (f" ({d.signing_note})" if d.signing_note else ""))
     if d.headers:
         lines.append("headers:")
@@ -139,64 +167,103 @@ def decision_text(req: Request, d: Decision) -> str:
     return "\n".join(lines)
 
 
-def har_requests(path: Path) -> Iterator[tuple[int, str, str, list[tuple[str, str]]]]:
+HarRequest = tuple[int, str, str, list[tuple[str, str]]]
+
+
+def har_requests(path: Path) -> list[HarRequest]:
+    """(index, method, url, headers) for every entry of a HAR 1.2 file, in order.
+
+    The whole file is checked before anything is explained, so a malformed capture never yields half an
+    answer. Raises UsageError naming the first problem (its JSON path)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{path}: cannot read HAR file: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a HAR file (not UTF-8 text)") from None
+    if not text.strip():
+        raise UsageError(f"{path}: not a HAR file (the file is empty)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise UsageError(f"{path}: not a HAR file (invalid JSON: {e})") from None
-    entries = data.get("log", {}).get("entries") if isinstance(data, dict) else None
+    except RecursionError:
+        raise UsageError(f"{path}: not a HAR file (JSON nested too deeply)") from None
+    log_ = data.get("log") if isinstance(data, dict) else None
+    entries = log_.get("entries") if isinstance(log_, dict) else None
     if not isinstance(entries, list):
         raise UsageError(f"{path}: not a HAR file (no log.entries list)")
+    out: list[HarRequest] = []
     for i, entry in enumerate(entries):
+        where = f"{path}: log.entries[{i}].request"
         req = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(req, dict) or not isinstance(req.get("url"), str):
-            raise UsageError(f"{path}: log.entries[{i}].request has no url")
+        if not isinstance(req, dict):
+            raise UsageError(f"{where} is missing or not an object")
+        url = req.get("url")
+        if not isinstance(url, str):
+            raise UsageError(f"{where}.url is missing or not a string")
         method = req.get("method", "GET")
+        if not isinstance(method, str):
+            raise UsageError(f"{where}.method is not a string")
         raw_headers = req.get("headers", [])
-        if not isinstance(method, str) or not isinstance(raw_headers, list):
-            raise UsageError(f"{path}: log.entries[{i}].request is malformed")
+        if not isinstance(raw_headers, list):
+            raise UsageError(f"{where}.headers is not a list")
         headers: list[tuple[str, str]] = []
-        for h in raw_headers:
+        for j, h in enumerate(raw_headers):
             if not (
                 isinstance(h, dict) and isinstance(h.get("name"), str) and isinstance(h.get("value"), str)
             ):
-                raise UsageError(f"{path}: log.entries[{i}].request.headers has a malformed entry")
+                raise UsageError(f"{where}.headers[{j}] is not an object with string name and value")
             # HTTP/2 captures carry pseudo-headers; ':authority' is the Host.
             if h["name"].startswith(":"):
                 if h["name"] == ":authority":
                     headers.append(("Host", h["value"]))
                 continue
             headers.append((h["name"], h["value"]))
-        yield i, method, req["url"], headers
+        out.append((i, method, url, headers))
+    return out
+
+
+def _invalid(message: str) -> dict[str, Any]:
+    """The JSON object for a HAR entry that is not a request the proxy could even receive."""
+    return {
+        "action": "reject",
+        "family": None,
+        "region": None,
+        "region_source": None,
+        "endpoint": None,
+        "method": None,
+        "url": None,
+        "headers": [],
+        "signing": None,
+        "signing_note": None,
+        "status": 400,
+        "code": "InvalidRequest",
+        "message": message,
+    }
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    config, _ = load(args.config)
+    if args.har is not None and args.url is not None:
+        raise UsageError("give either a URL or --har FILE, not both")
+    if args.har is None and args.url is None:
+        raise UsageError("explain needs a URL (or --har FILE)")
+    config, path = load(args.config)
     from s3proxy.signing import signer_from_config
 
-    engine = Engine(config, signer_from_config(config.signing, access_restricted=config.access.restricted))
+    try:
+        signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
+    except ValueError as e:  # an unusable AWS profile or identity; the message names it, never a secret
+        raise UsageError(f"{path}: signing: {e}") from None
+    engine = Engine(config, signer)
     now = datetime.now(UTC)
-    if args.har:
-        if args.url:
-            raise UsageError("give either a URL or --har FILE, not both")
+    if args.har is not None:
         worst = EXIT_OK
         for i, method, url, headers in har_requests(Path(args.har)):
             try:
-                req = request_from_url(method, url, headers)
+                req = request_from_url(method, url, [parse_header(f"{k}: {v}") for k, v in headers])
             except UsageError as e:
-                print(
-                    json.dumps(
-                        {
-                            "entry": i,
-                            "action": "reject",
-                            "status": 400,
-                            "code": "InvalidRequest",
-                            "message": str(e),
-                        }
-                    )
-                )
+                print(json.dumps({"entry": i, **_invalid(str(e))}, ensure_ascii=False))
                 worst = EXIT_REJECT
                 continue
             d = engine.decide(req, now)
@@ -204,8 +271,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if d.action == "reject":
                 worst = EXIT_REJECT
         return worst
-    if not args.url:
-        raise UsageError("explain needs a URL (or --har FILE)")
     req = request_from_url(args.method, args.url, [parse_header(h) for h in args.header])
     d = engine.decide(req, now)
     if args.json:
@@ -239,6 +304,12 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return ca_command(config, export=args.export, out=sys.stdout)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from s3proxy.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3proxy",
@@ -258,7 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     ca = with_config(sub.add_parser("ca", help="show where the proxy CA certificate is, or export it"))
     ca.add_argument("--export", metavar="FILE", help="write the CA certificate (PEM) to FILE ('-' = stdout)")
     ca.set_defaults(func=cmd_ca)
-    ex = with_config(sub.add_parser("explain", help="show what the proxy would do with a request (no I/O)"))
+    ex = with_config(
+        sub.add_parser(
+            "explain",
+            help="show what the proxy would do with a request (no I/O)",
+            description="Show what the proxy would send upstream for a request (or every request of a HAR "
+            "capture): family, region, endpoint, the rewritten URL and headers, and what signing did. "
+            "No DNS lookup, no connection.",
+            epilog="exit status: 0 forwarded (or passed through), 1 the proxy would refuse the request "
+            "(with --har: at least one), 2 bad arguments, configuration or input",
+        )
+    )
     ex.add_argument(
         "url", nargs="?", help="the URL the application requests, e.g. https://b.s3.amazonaws.com/k"
     )
@@ -267,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.add_argument("--har", metavar="FILE", help="explain every request in a HAR 1.2 capture (JSON lines)")
     ex.set_defaults(func=cmd_explain)
+    demo = sub.add_parser(
+        "demo",
+        help="see it work: a local stand-in endpoint, DNS and s3proxy, driven by the AWS CLI and boto3",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave it running and print the client settings, until Ctrl-C"
+    )
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

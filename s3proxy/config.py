@@ -331,7 +331,11 @@ def _key_entry(node: _Node, environ: Mapping[str, str]) -> KeyEntry:
     akid = akid_node.as_str()
     # The key id sits in `Credential=AKID/DATE/...`: no '/', ',', '=' or spaces can be part of it.
     if len(akid) > 128 or not set(akid) <= _AKID_CHARS:
-        akid_node.fail("is not an access key id (letters and digits, like 'AKIAIOSFODNN7EXAMPLE')")
+        # Not echoed: a value that is no key id is often the secret pasted into the wrong field.
+        akid_node.fail(
+            "is not an access key id (letters and digits, like 'AKIAIOSFODNN7EXAMPLE')",
+            show=False,
+        )
     inline, env = m.get("secret_access_key"), m.get("secret_access_key_env")
     if inline is not None and env is not None:
         node.fail("give either secret_access_key or secret_access_key_env, not both", show=False)

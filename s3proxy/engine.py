@@ -120,6 +120,7 @@ class Engine:
                 method=req.method,
                 signing="refused",
                 signing_note=outcome.note,
+                endpoint=p.endpoint,
             )
         return Decision(
             "forward",

@@ -59,7 +59,15 @@ def run(config: Config, config_path: str) -> int:
         master.addons.add(S3Proxy())
         try:
             opts.update(**mitmproxy_options(config, config_path))
-            opts.update(termlog_verbosity="warn")
+            # S3PROXY_LOG_LEVEL=info adds one line per request ("asked -> sent upstream"), never a secret.
+            level = os.environ.get("S3PROXY_LOG_LEVEL", "warn").lower()
+            if level not in ("error", "warn", "info", "debug"):
+                raise exceptions.OptionsError(
+                    f"S3PROXY_LOG_LEVEL={level!r}: expected error, warn, info or debug"
+                )
+            # Only s3proxy's own logger is raised; mitmproxy's stay at the root's WARNING.
+            logging.getLogger("s3proxy").setLevel(level.upper())
+            opts.update(termlog_verbosity=level)
         except exceptions.OptionsError as e:
             print(f"s3proxy: {e}", file=sys.stderr)
             return 2

