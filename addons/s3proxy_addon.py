@@ -7,21 +7,27 @@ Strategy:
 - `http_connect` / `requestheaders` apply the access rules; only S3 names are decrypted (`allow_hosts` is
   set by the runner; with `non_s3: deny` other CONNECTs are refused here).
 - `requestheaders` does all the work, because headers go upstream as soon as body streaming starts: the
-  Engine decides (rewrite + verify + re-sign), the resolver picks an address, the request is pointed at that
-  address with Host kept as the vpce name, and the aws-chunked re-signer is plugged into the body stream.
-- `server_connect` sets SNI to the vpce name; upstream connections are matched by address, so pointing the
-  request at the resolved address keeps mitmproxy's connection reuse working.
+  Engine decides (rewrite + verify + re-sign), `Upstreams` makes sure a verified endpoint address exists (or
+  the client gets a 503 naming the endpoint), the request is pointed at the endpoint-level vpce name with the
+  Host header as the rewrite chose, and the aws-chunked re-signer is plugged into the body stream.
+- Upstream connections are pooled by mitmproxy per (name, port), and the name is the SNI and the name the
+  certificate is verified against. The event loop's `getaddrinfo` is answered by `Upstreams` for our vpce
+  names (dnspython, zonal preference, benched addresses skipped), so mitmproxy never uses the system
+  resolver for them and asyncio fails over to the next candidate if a connect is refused.
 - Every answer the proxy gives itself is S3-style XML from `s3proxy.errors`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Server
@@ -35,10 +41,12 @@ from s3proxy.errors import S3Error, error_headers, error_xml, new_request_id
 from s3proxy.model import Request, split_target
 from s3proxy.resolver import DnsFailure, Resolver
 from s3proxy.signing import signer_from_config
+from s3proxy.upstream import NoUsableAddress, Upstreams, upstream_ssl_context
 
 log = logging.getLogger("s3proxy")
 
 _AUTH_OK = "s3proxy_auth_ok"
+_POINTED = "s3proxy_pointed"  # set on a client connection once one of its requests was routed to S3
 
 
 def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -> http.Response:
@@ -46,6 +54,39 @@ def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -
     body = error_xml(error, request_id)
     headers = error_headers(request_id, len(body)) + (extra or [])
     return http.Response.make(error.status, body, [(k.encode(), v.encode()) for k, v in headers])
+
+
+_PROTOCOL_ERROR_CODES = {
+    400: (400, "InvalidRequest"),
+    407: (407, "ProxyAuthenticationRequired"),
+    413: (400, "EntityTooLarge"),
+    431: (400, "RequestHeaderSectionTooLarge"),
+    502: (503, "ServiceUnavailable"),
+    503: (503, "ServiceUnavailable"),
+    504: (503, "ServiceUnavailable"),
+}
+
+
+def protocol_error_bytes(status_code: int, message: str = "") -> bytes:
+    """S3-style stand-in for mitmproxy's HTML error page (connection to the endpoint failed, malformed
+    request, ...). 5xx become 503 ServiceUnavailable, which SDKs retry."""
+    from mitmproxy.net.http import http1
+
+    status, code = _PROTOCOL_ERROR_CODES.get(status_code, (500, "InternalError"))
+    detail = message.removeprefix("Connection killed: ")
+    if status == 503 and "s3proxy could not" not in detail:
+        detail = f"s3proxy could not complete the request to the S3 interface endpoint: {detail}"
+    resp = error_response(S3Error(status, code, detail))
+    resp.headers["Connection"] = "close"
+    return bytes(http1.assemble_response(resp))
+
+
+def install_s3_protocol_errors() -> None:
+    """Make the errors mitmproxy itself answers (it has no hook for them) S3-style XML too."""
+    from mitmproxy.proxy.layers.http import _http1
+
+    if hasattr(_http1, "make_error_response"):
+        _http1.make_error_response = protocol_error_bytes
 
 
 def request_from_flow(req: http.Request) -> Request:
@@ -132,12 +173,14 @@ class S3Proxy:
         self.config: Config | None = None
         self.engine: Engine | None = None
         self.resolver: Resolver | None = None
-        # Upstream address -> SNI (the vpce name). Connections are pooled per address, and one address
-        # serves one endpoint, so the name is the same for every request on that address.
-        self._sni: dict[tuple[str, int], str] = {}
+        self.upstreams: Upstreams | None = None
         # Why the last config was refused: mitmproxy rolls a failed option update back and calls
         # `configure` again with the old (empty) path, which must not mask the real reason.
         self._config_error: str | None = None
+        # SHA-256 of Proxy-Authorization values that passed: a password hash at production strength costs
+        # ~0.4 s of CPU on the event loop, so it is paid once per credential, not once per connection.
+        # Only digests are kept (never the password); cleared whenever the config changes.
+        self._proxy_auth_ok: set[bytes] = set()
 
     # -- options and config -------------------------------------------------------------------------
     def load(self, loader: object) -> None:
@@ -163,6 +206,7 @@ class S3Proxy:
 
     def apply_config(self, config: Config) -> None:
         signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
+        self._proxy_auth_ok = set()
         if config.signing.mode == "keyring" and not config.signing.keys and not config.signing.profiles:
             log.warning(
                 "the keyring is empty (signing.keys, signing.keys_file, signing.profiles): every signed "
@@ -170,7 +214,37 @@ class S3Proxy:
             )
         self.engine = Engine(config, signer)
         self.resolver = Resolver.from_config(config.dns)
+        bundle = config.tls.upstream_ca_bundle
+        u = config.upstream
+        self.upstreams = Upstreams(
+            self.resolver,
+            dict(config.endpoints),
+            ssl_context=upstream_ssl_context(str(bundle) if bundle else None),
+            connect_timeout=u.connect_timeout,
+            bench_seconds=u.bench_seconds,
+            verify_interval=u.verify_interval,
+        )
         self.config = config
+
+    def running(self) -> None:
+        install_s3_protocol_errors()
+        # mitmproxy connects with asyncio.open_connection(host, port): answer its name lookups for our
+        # vpce names (see module docstring); everything else keeps the loop's own getaddrinfo.
+        loop = asyncio.get_running_loop()
+        original = loop.getaddrinfo
+        if getattr(original, "_s3proxy", False):
+            return
+
+        async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            upstreams = self.upstreams
+            if upstreams is not None and isinstance(host, str) and isinstance(port, int):
+                infos = await upstreams.addresses(host, port)
+                if infos is not None:
+                    return infos
+            return await original(host, port, *args, **kwargs)
+
+        getaddrinfo._s3proxy = True  # type: ignore[attr-defined]
+        loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
     # -- access rules ---------------------------------------------------------------------------------
     def _refuse_client(self, flow: http.HTTPFlow) -> bool:
@@ -181,10 +255,14 @@ class S3Proxy:
         if flow.metadata.get(_AUTH_OK) or getattr(flow.client_conn, _AUTH_OK, False):
             return False
         refusal = access.check_client(flow.client_conn.peername[0], self.config.access)
-        if refusal is None:
-            refusal = access.check_proxy_auth(
-                flow.request.headers.get("Proxy-Authorization"), self.config.access
-            )
+        header = flow.request.headers.get("Proxy-Authorization")
+        digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest() if header else b""
+        if refusal is None and digest not in self._proxy_auth_ok:
+            refusal = access.check_proxy_auth(header, self.config.access)
+            if refusal is None and header and self.config.access.users:
+                if len(self._proxy_auth_ok) >= 4096:
+                    self._proxy_auth_ok.clear()  # bounded: a flood of distinct valid credentials is unlikely
+                self._proxy_auth_ok.add(digest)
         if refusal is None:
             setattr(flow.client_conn, _AUTH_OK, True)
             return False
@@ -234,14 +312,15 @@ class S3Proxy:
         if decision.action == "passthrough":
             self._point(flow, decision, decision.host, decision.port)
             return
-        assert decision.endpoint is not None
+        assert decision.endpoint is not None and self.upstreams is not None
         try:
-            picks = await self.resolver.pick(decision.endpoint, decision.kind)
-        except DnsFailure as e:
+            await self.upstreams.usable(decision.endpoint, decision.kind)
+        except (DnsFailure, NoUsableAddress) as e:
             flow.response = error_response(e.to_s3_error().with_resource(req.path))
             return
-        address = picks[0][0]
-        self._point(flow, decision, address, decision.port)
+        self._point(
+            flow, decision, Upstreams.connection_name(decision.endpoint, decision.kind), decision.port
+        )
         if decision.chunk is not None:
             flow.request.stream = ChunkStream(ChunkResigner(decision.chunk), req.path)
             flow.metadata["s3proxy_chunks"] = flow.request.stream
@@ -259,12 +338,35 @@ class S3Proxy:
             ]
         )
         r.stream = True
-        self._sni[(address, port)] = decision.host
+        setattr(flow.client_conn, _POINTED, True)
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server: Server = data.server
-        if server.address is not None and (sni := self._sni.get((server.address[0], server.address[1]))):
-            server.sni = sni
+        if self.upstreams is not None and server.address is not None:
+            # A new connection to an endpoint: prove a candidate first (failover happens here, before any
+            # byte of the request is sent); if none is reachable, refuse with a reason naming the endpoint.
+            reason = await self.upstreams.check_route(str(server.address[0]))
+            if reason is not None:
+                server.error = reason
+                return
+        if (
+            self.config is not None
+            and self.config.non_s3 == "deny"
+            and not getattr(data.client, _POINTED, False)
+        ):
+            # Every S3 request is pointed (`_point`) before its connection opens; a client connection that
+            # never had one is a non-S3 tunnel. In regular mode http_connect already refused it; in
+            # transparent mode there is no CONNECT, and the ignored (never decrypted) connection is
+            # refused here instead.
+            log.warning("refused non-S3 connection to %s (non_s3: deny)", server.address)
+            server.error = "non_s3 is 'deny': s3proxy only carries S3 traffic"
+
+    def tls_failed_server(self, data: Any) -> None:
+        # The certificate or handshake of one endpoint address failed on a real connection: bench it so the
+        # next request goes to another candidate (the probe normally catches this before any request).
+        peer = data.conn.peername
+        if self.upstreams is not None and peer and self.upstreams.route(data.conn.sni or "") is not None:
+            self.upstreams.connection_failed(peer[0], f"TLS failed: {data.conn.error}")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:

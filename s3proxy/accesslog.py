@@ -210,7 +210,9 @@ def _bucket_operation(m: str, q: Mapping[str, str]) -> str | None:
         return "HeadBucket"
     for sub, name in _BUCKET_ID_CONFIGS:
         if sub in q:
-            verb = {"GET": "Get" if "id" in q else "List", "PUT": "Put", "DELETE": "Delete"}.get(m)
+            if m == "GET" and "id" not in q:
+                return f"List{name}s"
+            verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}.get(m)
             return f"{verb}{name}" if verb else None
     if m == "GET":
         if op := _first(_BUCKET_GET, q):

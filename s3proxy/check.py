@@ -38,6 +38,24 @@ def make_resolver(config: Config) -> Resolver:
     )
 
 
+def report_policies(config: Config, out: TextIO) -> None:
+    """The policy settings and `policy lint` warnings: worth fixing, but not a failed check."""
+    p = config.policy
+    if not p.configured:
+        if p.mode != "off":
+            print(f"policy: policy_mode is {p.mode!r} but no policy is configured: nothing to check", file=out)
+        return
+    from s3proxy.policy_lint import lint
+
+    print(
+        f"policy: mode {p.mode}, {len(p.endpoint_policies)} endpoint policies, "
+        f"{len(p.bucket_policies)} bucket policies",
+        file=out,
+    )
+    for w in lint(config, p.bucket_policies, endpoint_policies=p.endpoint_policies, vpc_ids=p.vpc_ids):
+        print(f"  warning: {w}", file=out)
+
+
 def check(config: Config, path: Path, *, out: TextIO, timeout: float = 5.0) -> int:
     print(
         f"config {path}: OK ({len(config.endpoints)} endpoint(s), signing mode {config.signing.mode})",
@@ -46,6 +64,7 @@ def check(config: Config, path: Path, *, out: TextIO, timeout: float = 5.0) -> i
     if not config.endpoints:
         print("  no endpoints configured: every request would be refused", file=out)
         return 1
+    report_policies(config, out)
     try:
         resolver = make_resolver(config)
     except ValueError as e:

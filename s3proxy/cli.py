@@ -1,4 +1,4 @@
-"""The `s3proxy` command: run | check | explain | ca.
+"""The `s3proxy` command: run | check | explain | ca | policy lint.
 
 Every failure the user can cause (bad config, bad URL, malformed HAR, a request the proxy would refuse)
 ends in a one-paragraph message and a non-zero exit, never a traceback.
@@ -20,6 +20,7 @@ from s3proxy import __version__
 from s3proxy.config import Config, ConfigError, load_config
 from s3proxy.engine import Decision, Engine
 from s3proxy.model import Request, split_target
+from s3proxy.policy import PolicyDecision
 
 EXIT_OK = 0
 EXIT_REJECT = 1  # explain: the proxy would refuse the request
@@ -123,7 +124,26 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value.strip(" \t")
 
 
-def decision_json(req: Request, d: Decision) -> dict[str, Any]:
+def _policy_document(pd: PolicyDecision) -> str:
+    return pd.basis[0].document if pd.basis else pd.document
+
+
+def policy_json(pd: PolicyDecision | None) -> dict[str, Any] | None:
+    """The policy verdict for `explain --json`; None when the request was refused before the check."""
+    if pd is None:
+        return None
+    return {
+        "outcome": pd.outcome,
+        "sid": pd.sid or None,
+        "document": _policy_document(pd) or None,
+        "reason": pd.reason,
+        "unknown": list(pd.unknown),
+        "action": pd.access.action if pd.access else None,
+        "resource": pd.access.resource if pd.access else None,
+    }
+
+
+def decision_json(req: Request, d: Decision, *, policy_configured: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "action": d.action,
         "family": d.plan.family,
@@ -140,10 +160,32 @@ def decision_json(req: Request, d: Decision) -> dict[str, Any]:
         out["bucket"] = d.plan.bucket
     if d.error is not None:
         out.update(status=d.error.status, code=d.error.code, message=d.error.message)
+    if policy_configured or d.policy is not None:
+        out["policy"] = policy_json(d.policy)
     return out
 
 
-def decision_text(req: Request, d: Decision) -> str:
+def policy_text(pd: PolicyDecision | None, mode: str) -> list[str]:
+    if pd is None:
+        return ["policy:    not evaluated (the request is refused before the policy check)"]
+    effect = {
+        "off": "the proxy does not act on it",
+        "warn": "the proxy logs it and forwards",
+        "enforce": "the proxy answers AccessDenied" if pd.denied else "forwarded",
+    }[mode]
+    lines = [f"policy:    {pd.outcome} (policy_mode: {mode}: {effect})"]
+    if pd.basis:
+        lines.extend(f"  statement: {b.sid!r} ({b.effect}) in the {b.document}" for b in pd.basis)
+    elif pd.document:
+        lines.append(f"  document:  {pd.document}")
+    lines.append(f"  reason:    {pd.reason}")
+    if pd.unknown:
+        lines.append(f"  unknown:   {', '.join(pd.unknown)} (not known to the proxy)")
+    return lines
+
+
+def decision_text(req: Request, d: Decision, *, policy_mode: str | None = None) -> str:
+    """`policy_mode` None: no policy is configured, so no policy lines."""
     p = d.plan
     port = "" if req.port is None else f":{req.port}"
     lines = [f"request:   {req.method} {req.scheme}://{req.host}{port}{req.target}"]
@@ -161,6 +203,8 @@ def decision_text(req: Request, d: Decision) -> str:
         lines.append("signing:   refused (authentication failed the check above; nothing is sent)")
     elif d.signing:
         lines.append(f"signing:   {d.signing}" + (f" ({d.signing_note})" if d.signing_note else ""))
+    if policy_mode is not None:
+        lines.extend(policy_text(d.policy, policy_mode))
     if d.headers:
         lines.append("headers:")
         lines.extend(f"  {k}: {v}" for k, v in d.headers)
@@ -255,7 +299,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         signer = signer_from_config(config.signing, access_restricted=config.access.restricted)
     except ValueError as e:  # an unusable AWS profile or identity; the message names it, never a secret
         raise UsageError(f"{path}: signing: {e}") from None
-    engine = Engine(config, signer)
+    engine = Engine(config, signer, explain=True)
+    configured = config.policy.configured
     now = datetime.now(UTC)
     if args.har is not None:
         worst = EXIT_OK
@@ -267,16 +312,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 worst = EXIT_REJECT
                 continue
             d = engine.decide(req, now)
-            print(json.dumps({"entry": i, **decision_json(req, d)}, ensure_ascii=False))
+            out = decision_json(req, d, policy_configured=configured)
+            print(json.dumps({"entry": i, **out}, ensure_ascii=False))
             if d.action == "reject":
                 worst = EXIT_REJECT
         return worst
     req = request_from_url(args.method, args.url, [parse_header(h) for h in args.header])
     d = engine.decide(req, now)
     if args.json:
-        print(json.dumps(decision_json(req, d), ensure_ascii=False))
+        print(json.dumps(decision_json(req, d, policy_configured=configured), ensure_ascii=False))
     else:
-        print(decision_text(req, d))
+        print(decision_text(req, d, policy_mode=config.policy.mode if configured else None))
     return EXIT_REJECT if d.action == "reject" else EXIT_OK
 
 
@@ -302,6 +348,23 @@ def cmd_ca(args: argparse.Namespace) -> int:
     from s3proxy.ca import ca_command
 
     return ca_command(config, export=args.export, out=sys.stdout)
+
+
+def cmd_policy_lint(args: argparse.Namespace) -> int:
+    """Warnings (one per line, on stdout) about the lock-out traps in the configured policies."""
+    config, path = load(args.config)
+    from s3proxy.policy_lint import lint
+
+    p = config.policy
+    warnings = lint(config, p.bucket_policies, endpoint_policies=p.endpoint_policies, vpc_ids=p.vpc_ids)
+    for w in warnings:
+        print(w)
+    checked = f"{len(p.endpoint_policies)} endpoint policies, {len(p.bucket_policies)} bucket policies"
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s) ({checked})", file=sys.stderr)
+        return EXIT_REJECT
+    print(f"{path}: no warnings ({checked})", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -348,6 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.add_argument("--har", metavar="FILE", help="explain every request in a HAR 1.2 capture (JSON lines)")
     ex.set_defaults(func=cmd_explain)
+    pol = sub.add_parser("policy", help="endpoint and bucket policies: lint")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    with_config(
+        pol_sub.add_parser(
+            "lint",
+            help="warn about the lock-out traps of AWS's PrivateLink guide in the configured policies",
+            description="Check the configured VPC endpoint and bucket policies for the traps AWS's "
+            "PrivateLink for S3 guide warns about: aws:sourceVpce naming an endpoint the proxy does not "
+            "use, deny-all statements without an escape, console access blocked.",
+            epilog="exit status: 0 no warnings, 1 warnings, 2 bad arguments or configuration",
+        )
+    ).set_defaults(func=cmd_policy_lint)
     demo = sub.add_parser(
         "demo",
         help="see it work: a local stand-in endpoint, DNS and s3proxy, driven by the AWS CLI and boto3",

@@ -14,8 +14,9 @@ import difflib
 import hashlib
 import hmac
 import ipaddress
+import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,8 @@ import yaml
 
 from s3proxy.endpoint import REGION_RE, ZONE_RE, Endpoint, parse_endpoint_name
 from s3proxy.hosts import UNSUPPORTED_FAMILIES
+from s3proxy.policy import Mode as PolicyMode
+from s3proxy.policy import Policy, PolicySettings, parse_policy_document
 
 Action = Literal["reject", "passthrough"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,6 +73,38 @@ class DNSConfig:
     timeout: float = 2.0
     cache_max_ttl: float = 300.0
     negative_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    connect_timeout: float = 5.0  # seconds for TCP connect + TLS handshake to one endpoint address
+    bench_seconds: float = 30.0  # an address that failed is skipped this long
+    # A new upstream connection first proves its address with a TCP+TLS probe unless one succeeded within
+    # this many seconds (0: every new connection), so a dead address is skipped before any request byte.
+    verify_interval: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: tuple[str, int] | None = None  # None: no admin listener
+    pac_proxy: str | None = None  # "gw.example:3128" in the PAC file; default: listen host:port
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: Literal["json", "text"] = "json"
+    redact_keys: bool = False
+    level: Literal["error", "warn", "info", "debug"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds on what one client request may make the proxy hold or parse (docs/security.md)."""
+
+    max_header_bytes: int = 64 * 1024  # request line + header fields of one request
+    max_chunk_size: int = 16 * 1024 * 1024  # one aws-chunked chunk: the re-signer buffers one chunk
+    max_trailer_size: int = 16 * 1024  # the trailing headers of an aws-chunked body
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +175,13 @@ class Config:
     tls: TLSConfig = TLSConfig()
     dns: DNSConfig = DNSConfig()
     access: AccessConfig = AccessConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    limits: LimitsConfig = LimitsConfig()
+    # Destinations a non-S3 tunnel may reach although they are loopback, link-local or this host's own.
+    tunnel_allow: tuple[IPNetwork, ...] = ()
 
     def unsupported_action(self, family: str) -> Action:
         return self.unsupported.get(family, "reject")
@@ -253,8 +295,17 @@ _TOP_KEYS = (
     "tls",
     "dns",
     "access",
+    "upstream",
+    "admin",
+    "log",
+    "policy_mode",
+    "bucket_policies",
+    "accounts",
+    "bucket_accounts",
+    "limits",
+    "tunnel_allow",
 )
-_ENDPOINT_KEYS = ("dns_name", "zones", "prefer_zone", "port")
+_ENDPOINT_KEYS = ("dns_name", "zones", "prefer_zone", "port", "policy", "vpc_id")
 _SIGNING_KEYS = ("mode", "keys", "keys_file", "profiles", "identity_profile")
 _KEY_KEYS = ("access_key_id", "secret_access_key", "secret_access_key_env")
 _ACTIONS: tuple[Action, ...] = ("reject", "passthrough")
@@ -511,6 +562,98 @@ def _dns(node: _Node | None) -> DNSConfig:
     )
 
 
+def _upstream(node: _Node | None) -> UpstreamConfig:
+    if node is None:
+        return UpstreamConfig()
+    keys = ("connect_timeout", "bench_seconds", "verify_interval")
+    node.mapping(keys)
+    d = UpstreamConfig()
+
+    def num(key: str, default: float, minimum: float) -> float:
+        n = node.get(key, keys)
+        return n.number(minimum=minimum) if n else default
+
+    return UpstreamConfig(
+        num("connect_timeout", d.connect_timeout, 0.01),
+        num("bench_seconds", d.bench_seconds, 0),
+        num("verify_interval", d.verify_interval, 0),
+    )
+
+
+def _admin(node: _Node | None) -> AdminConfig:
+    if node is None:
+        return AdminConfig()
+    keys = ("listen", "pac_proxy")
+    node.mapping(keys)
+    ln = node.get("listen", keys)
+    listen: tuple[str, int] | None = None
+    if ln is not None and ln.value is not None:
+        text = ln.as_str()
+        try:
+            if not text.rstrip().rpartition(":")[2].isdigit() or text.rstrip().endswith("]"):
+                raise ValueError("has no port")
+            listen = parse_nameserver(text)
+        except ValueError as e:
+            ln.fail(f"{e} (expected ADDRESS:PORT, e.g. '127.0.0.1:9090' or '[::1]:9090')")
+    pn = node.get("pac_proxy", keys)
+    pac_proxy = pn.as_str() if pn is not None and pn.value is not None else None
+    return AdminConfig(listen, pac_proxy)
+
+
+def _log(node: _Node | None) -> LogConfig:
+    if node is None:
+        return LogConfig()
+    keys = ("format", "redact_keys", "level", "access_log")
+    node.mapping(keys)
+    d = LogConfig()
+    fn = node.get("format", keys)
+    rn = node.get("redact_keys", keys)
+    lv = node.get("level", keys)
+    an = node.get("access_log", keys)
+
+    def flag(n: _Node | None, default: bool) -> bool:
+        if n is None:
+            return default
+        if not isinstance(n.value, bool):
+            n.fail("must be true or false")
+        return bool(n.value)
+
+    return LogConfig(
+        fn.choice(("json", "text")) if fn else d.format,
+        flag(rn, d.redact_keys),
+        lv.choice(("error", "warn", "info", "debug")) if lv else d.level,
+        flag(an, d.access_log),
+    )
+
+
+def _limits(node: _Node | None) -> LimitsConfig:
+    if node is None:
+        return LimitsConfig()
+    keys = ("max_header_bytes", "max_chunk_size", "max_trailer_size")
+    node.mapping(keys)
+    d = LimitsConfig()
+
+    def size(key: str, default: int, minimum: int, maximum: int) -> int:
+        n = node.get(key, keys)
+        return int(n.number(minimum=minimum, maximum=maximum, integer=True)) if n else default
+
+    return LimitsConfig(
+        size("max_header_bytes", d.max_header_bytes, 1024, 1024 * 1024),
+        size("max_chunk_size", d.max_chunk_size, 8 * 1024, 1024 * 1024 * 1024),
+        size("max_trailer_size", d.max_trailer_size, 256, 1024 * 1024),
+    )
+
+
+def _networks(node: _Node | None) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for cn in node.as_list() if node else []:
+        try:
+            nets.append(ipaddress.ip_network(cn.as_str(), strict=True))
+        except ValueError as e:
+            cn.fail(f"is not a CIDR network like '127.0.0.1/32' ({e})")
+    return tuple(nets)
+
+
 # ------------------------------------------------------------------------------------ proxy passwords
 
 _HASH_SCHEME = "pbkdf2_sha256"
@@ -607,6 +750,109 @@ def _check_identity_guarded(signing: SigningConfig, access: AccessConfig) -> Non
         )
 
 
+# ------------------------------------------------------------------------------------------- policies
+
+_VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]+$")
+_ACCOUNT_ID_RE = re.compile(r"^\d{12}$")
+_PRINCIPAL_ARN_RE = re.compile(r"^arn:aws(?:-cn|-us-gov)?:(?:iam|sts)::\d{12}:\S+$")
+# AWS caps bucket and endpoint policies at 20 KB; anything far larger is the wrong file.
+_MAX_POLICY_BYTES = 1 << 20
+_POLICY_MODES: tuple[PolicyMode, ...] = ("off", "warn", "enforce")
+
+
+def _policy_document(node: _Node, base_dir: Path, environ: Mapping[str, str]) -> Policy:
+    """An inline mapping, JSON text (a string starting with `{`), or a JSON/YAML file relative to the
+    config directory, read now (policies are evaluated per request, never re-read)."""
+    value: object = node.value
+    label = ""
+    if isinstance(value, str) and not value.lstrip().startswith("{"):
+        path = _path(node, base_dir, environ)
+        try:
+            with path.open("rb") as f:
+                value = f.read(_MAX_POLICY_BYTES + 1)
+        except OSError as e:
+            node.fail(f"cannot read policy file {path}: {e.strerror or e}", show=False)
+        if len(value) > _MAX_POLICY_BYTES:
+            node.fail(f"policy file {path} is larger than 1 MiB (AWS allows 20 KB)", show=False)
+        label = f"{path.name}: "
+    elif not isinstance(value, (str, dict)):
+        node.fail(
+            f"must be a policy document (a mapping), its JSON text or a file path, not {_type_name(value)}",
+            show=False,
+        )
+    try:
+        return parse_policy_document(value)
+    except ValueError as e:
+        node.fail(f"{label}{e}", show=False)
+
+
+def _endpoint_policy(
+    node: _Node, base_dir: Path, environ: Mapping[str, str]
+) -> tuple[Policy | None, str | None]:
+    """`policy` and `vpc_id` of one `endpoints` entry (only the mapping form has them)."""
+    if not isinstance(node.value, dict):
+        return None, None
+    pn, vn = node.get("policy", _ENDPOINT_KEYS), node.get("vpc_id", _ENDPOINT_KEYS)
+    policy = _policy_document(pn, base_dir, environ) if pn else None
+    vpc: str | None = None
+    if vn is not None:
+        vpc = vn.as_str()
+        if not _VPC_ID_RE.match(vpc):
+            vn.fail("is not a VPC ID (like 'vpc-1a2b3c4d')")
+    return policy, vpc
+
+
+def _bucket_name(node: _Node, bucket: str) -> None:
+    if not 3 <= len(bucket) <= 255 or not set(bucket) <= _BUCKET_CHARS:
+        node.fail("is not a bucket name", show=False)
+
+
+def _policy_settings(
+    get: Callable[[str], _Node | None],
+    endpoint_policies: Mapping[str, Policy],
+    vpc_ids: Mapping[str, str],
+    base_dir: Path,
+    environ: Mapping[str, str],
+) -> PolicySettings:
+    mode: PolicyMode = "off"
+    mn = get("policy_mode")
+    if mn is not None:
+        # YAML 1.1 reads an unquoted `off` as false: accept it as the mode it was meant to be.
+        mode = "off" if mn.value is False else mn.choice(_POLICY_MODES)
+    bucket_policies: dict[str, Policy] = {}
+    bn = get("bucket_policies")
+    for bucket, pn in bn.items() if bn else iter(()):
+        _bucket_name(pn, bucket)
+        if pn.value is None:
+            pn.fail("needs a policy document or a file path", show=False)
+        bucket_policies[bucket] = _policy_document(pn, base_dir, environ)
+    accounts: dict[str, str] = {}
+    an = get("accounts")
+    for akid, who in an.items() if an else iter(()):
+        if len(akid) > 128 or not set(akid) <= _AKID_CHARS:
+            who.fail("is not an access key id (letters and digits, like 'AKIAIOSFODNN7EXAMPLE')", show=False)
+        text = who.as_str()
+        if not (_ACCOUNT_ID_RE.match(text) or _PRINCIPAL_ARN_RE.match(text)):
+            who.fail("must be a 12-digit account ID ('111122223333') or an IAM/STS principal ARN")
+        accounts[akid] = text
+    bucket_accounts: dict[str, str] = {}
+    ban = get("bucket_accounts")
+    for bucket, owner in ban.items() if ban else iter(()):
+        _bucket_name(owner, bucket)
+        text = owner.as_str()
+        if not _ACCOUNT_ID_RE.match(text):
+            owner.fail("must be the 12-digit account ID of the bucket owner, quoted ('111122223333')")
+        bucket_accounts[bucket] = text
+    return PolicySettings(
+        mode=mode,
+        endpoint_policies=MappingProxyType(dict(endpoint_policies)),
+        vpc_ids=MappingProxyType(dict(vpc_ids)),
+        bucket_policies=MappingProxyType(bucket_policies),
+        accounts=MappingProxyType(accounts),
+        bucket_accounts=MappingProxyType(bucket_accounts),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- entry
 
 
@@ -619,6 +865,8 @@ def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) ->
         return root.get(key, _TOP_KEYS)
 
     endpoints: dict[str, Endpoint] = {}
+    endpoint_policies: dict[str, Policy] = {}  # by endpoint ID, what aws:sourceVpce names
+    vpc_ids: dict[str, str] = {}
     ep_node = get("endpoints")
     if ep_node is None:
         root.child("endpoints", None).fail(
@@ -630,6 +878,11 @@ def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) ->
         if en.value is None:
             en.fail("needs the endpoint's DNS name", show=False)
         endpoints[region] = _endpoint(en, region)
+        policy, vpc = _endpoint_policy(en, base_dir, environ)
+        if policy is not None:
+            endpoint_policies[endpoints[region].endpoint_id] = policy
+        if vpc is not None:
+            vpc_ids[endpoints[region].endpoint_id] = vpc
     if not endpoints:
         ep_node.fail("must name at least one endpoint", show=False)
 
@@ -668,6 +921,12 @@ def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) ->
         tls=_tls(get("tls"), base_dir, environ),
         dns=_dns(get("dns")),
         access=access,
+        upstream=_upstream(get("upstream")),
+        admin=_admin(get("admin")),
+        log=_log(get("log")),
+        policy=_policy_settings(get, endpoint_policies, vpc_ids, base_dir, environ),
+        limits=_limits(get("limits")),
+        tunnel_allow=_networks(get("tunnel_allow")),
     )
 
 

@@ -7,8 +7,9 @@ clock is an argument, and learned regions come in through a callable.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -16,11 +17,14 @@ from s3proxy.chunked import ChunkSeed
 from s3proxy.config import Config
 from s3proxy.endpoint import Endpoint, HostKind
 from s3proxy.errors import S3Error
+from s3proxy.hosts import classify_host
 from s3proxy.model import Headers, Request, replace_header
+from s3proxy.policy import PolicyDecision, access_key_of, check_request, denial_message
 from s3proxy.rewrite import Plan, plan
 from s3proxy.signing import Signer, SignOutcome, Target, resign
 
 Action = Literal["forward", "reject", "passthrough"]
+policy_log = logging.getLogger("s3proxy.policy")
 
 # Hop-by-hop and proxy headers never go upstream (RFC 9110 7.6.1). `X-Forwarded-*` is never added:
 # some S3 implementations trust it when computing the signed host.
@@ -48,6 +52,7 @@ class Decision:
     chunk: ChunkSeed | None = None
     endpoint: Endpoint | None = None
     kind: HostKind = "bucket"
+    policy: PolicyDecision | None = None  # None: no policy configured, or not evaluated (policy_mode off)
 
     @property
     def target(self) -> str:
@@ -69,11 +74,18 @@ def _kind_of(host: str, endpoint: Endpoint) -> HostKind:
 
 
 class Engine:
-    """Rewrite and signing for one loaded config. Immutable; a reload builds a new Engine."""
+    """Rewrite and signing for one loaded config; a reload builds a new Engine.
 
-    def __init__(self, config: Config, signer: Signer) -> None:
+    Its only state is counters. `explain=True` (for `s3proxy explain`) evaluates the configured policies
+    whatever `policy_mode` says, so the decision can be shown, and neither logs nor counts warnings.
+    """
+
+    def __init__(self, config: Config, signer: Signer, *, explain: bool = False) -> None:
         self.config = config
         self.signer = signer
+        self.explain = explain
+        self.policy_warnings = 0  # requests policy_mode: warn let through that S3 would deny
+        self.policy_denials = 0  # requests policy_mode: enforce answered with AccessDenied
 
     def decide(
         self,
@@ -89,7 +101,7 @@ class Engine:
         if p.action == "passthrough":
             host = p.passthrough_host or req.host
             headers = _forwardable(replace_header(req.headers, "Host", host))
-            return Decision(
+            d = Decision(
                 "passthrough",
                 p,
                 method=req.method,
@@ -102,6 +114,7 @@ class Engine:
                 signing="unchanged",
                 signing_note="passthrough: forwarded to the public S3 name as sent",
             )
+            return self._policy(req, d, now)
         assert p.endpoint is not None and p.upstream_host is not None and p.region is not None
         target = Target(
             host=p.upstream_host,
@@ -122,7 +135,7 @@ class Engine:
                 signing_note=outcome.note,
                 endpoint=p.endpoint,
             )
-        return Decision(
+        d = Decision(
             "forward",
             p,
             method=req.method,
@@ -138,6 +151,56 @@ class Engine:
             endpoint=p.endpoint,
             kind=_kind_of(p.upstream_host, p.endpoint),
         )
+        return self._policy(req, d, now)
+
+    def _policy(self, req: Request, d: Decision, now: datetime) -> Decision:
+        """Evaluate the endpoint and bucket policies on the request as it goes upstream (after re-signing:
+        with proxy-identity, S3 sees the proxy's principal), then warn or enforce per `policy_mode`."""
+        settings = self.config.policy
+        if not settings.configured or (settings.mode == "off" and not self.explain):
+            return d
+        p = d.plan
+        pd = check_request(
+            method=d.method,
+            family=p.family,
+            bucket=p.bucket,
+            key=p.key,
+            headers=d.headers,
+            query=d.query,
+            region=p.region,
+            endpoint_id=d.endpoint.endpoint_id if d.endpoint is not None else None,
+            settings=settings,
+            access_key_id=access_key_of(d.headers, d.query),
+            now=now,
+            access_point_prefix=classify_host(req.host).prefix if p.family == "access-point" else None,
+        )
+        d = replace(d, policy=pd)
+        if not pd.denied:
+            return d
+        if settings.mode == "enforce":
+            if not self.explain:
+                self.policy_denials += 1
+            # Nothing goes upstream: the caller answers rejects before any byte is sent.
+            return Decision(
+                "reject",
+                p,
+                error=S3Error(403, "AccessDenied", denial_message(pd)),
+                method=d.method,
+                endpoint=d.endpoint,
+                kind=d.kind,
+                policy=pd,
+            )
+        if settings.mode == "warn" and not self.explain:
+            self.policy_warnings += 1
+            policy_log.warning(
+                "policy (warn): S3 would deny %s %s%s: %s%s",
+                d.method,
+                req.host,
+                req.path,
+                pd.reason,
+                f" (statement {pd.sid!r} in the {pd.basis[0].document})" if pd.basis else "",
+            )
+        return d
 
 
 def _forwardable(headers: Headers) -> Headers:

@@ -227,6 +227,15 @@ def _region(
     return cfg.default_region, "default_region"
 
 
+def _is_sigv2(req: Request) -> bool:
+    """SigV2 header (`AWS AKID:sig`) or query (`AWSAccessKeyId=…&Signature=…`) authentication."""
+    auth = req.header("authorization")
+    if auth is not None:
+        return auth.startswith("AWS ")
+    names = {unquote(p.partition("=")[0]) for p in req.query.split("&")}
+    return "AWSAccessKeyId" in names and "Signature" in names
+
+
 def _is_get_bucket_location(req: Request, target: Target) -> bool:
     return (
         req.method == "GET"
@@ -255,10 +264,14 @@ def _upstream(target: Target, path: str, endpoint: Endpoint, cfg: Config, req: R
         and not _is_get_bucket_location(req, target)
     )
     if fam == "virtual-hosted":
-        # `/` is a bucket-level request: the SDK sends `/BUCKET` (no trailing slash) in path style.
+        # `/` is a bucket-level request: the SDK sends `/BUCKET` (no trailing slash) in path style. A SigV2
+        # signature is forwarded as is and signed the resource `/BUCKET/`: keep that slash so the path is
+        # exactly the signed resource (servers that take the resource from the path refuse `/BUCKET`).
         if virtual:
             return f"{bucket}.{endpoint.host('bucket')}", path
-        return endpoint.host("bucket"), f"/{bucket}" if path == "/" else f"/{bucket}{path}"
+        if path == "/":
+            return endpoint.host("bucket"), f"/{bucket}/" if _is_sigv2(req) else f"/{bucket}"
+        return endpoint.host("bucket"), f"/{bucket}{path}"
     # Path style from the client: the path already is `/BUCKET[/KEY]`.
     if virtual:
         rest = path[1 + len(bucket) :]

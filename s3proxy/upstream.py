@@ -27,7 +27,9 @@ from s3proxy.resolver import DnsFailure, Resolver, Target
 log = logging.getLogger("s3proxy.upstream")
 
 Clock = Callable[[], float]
-AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[str, int] | tuple[str, int, int, int]]
+AddrInfo = tuple[
+    socket.AddressFamily, socket.SocketKind, int, str, tuple[str, int] | tuple[str, int, int, int]
+]
 
 
 class NoUsableAddress(Exception):
@@ -43,7 +45,8 @@ class NoUsableAddress(Exception):
             503,
             "ServiceUnavailable",
             f"s3proxy could not reach the S3 interface endpoint {self.name}: {self.detail}. Every candidate "
-            "address failed (connect or TLS); check the endpoint, the network path and tls.upstream_ca_bundle",
+            "address failed (connect or TLS); check the endpoint, the network path and "
+            "tls.upstream_ca_bundle",
         )
 
 
@@ -76,7 +79,7 @@ class Upstreams:
         ssl_context: ssl.SSLContext,
         connect_timeout: float = 5.0,
         bench_seconds: float = 30.0,
-        verify_interval: float = 60.0,
+        verify_interval: float = 0.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.resolver = resolver
@@ -102,11 +105,17 @@ class Upstreams:
         """The name requests are pointed at: one upstream pool per endpoint and kind."""
         return endpoint.host(kind)
 
-    async def usable(self, endpoint: Endpoint, kind: HostKind) -> list[Target]:
-        """Candidate addresses best first, the first one verified. Raises DnsFailure or NoUsableAddress."""
+    async def usable(self, endpoint: Endpoint, kind: HostKind, *, probe: bool = False) -> list[Target]:
+        """Candidate addresses best first, benched ones left out. With `probe` (a new connection is about
+        to be opened) the first is proven by a TCP+TLS probe unless one succeeded within `verify_interval`,
+        and failing ones are benched. Raises DnsFailure or NoUsableAddress."""
         name = endpoint.host(kind)
         picks = await self.resolver.pick(endpoint, kind)
-        live = [t for t in picks if not self.resolver.is_benched(t.address)]
+        # When every candidate is benched, try them all again (soonest due first) rather than refuse
+        # outright: the endpoint may be back, and a probe costs at most connect_timeout.
+        live = [t for t in picks if not self.resolver.is_benched(t.address)] or list(picks)
+        if not probe:
+            return live
         for i, target in enumerate(live):
             error = await self._verified(target.address, endpoint.port, name)
             if error is None:
@@ -118,6 +127,20 @@ class Upstreams:
             f"{t.address} ({self._health.last_error.get(t.address, 'benched')})" for t in picks
         )
         raise NoUsableAddress(name, details or "no candidates")
+
+    async def check_route(self, host: str) -> str | None:
+        """Before a new upstream connection to `host`: None if it may proceed (not ours, or a candidate was
+        proven), else the reason none can be reached (naming the endpoint) to refuse the connection with."""
+        route = self.route(host)
+        if route is None:
+            return None
+        try:
+            await self.usable(route.endpoint, route.kind, probe=True)
+        except NoUsableAddress as e:
+            return str(e.to_s3_error().message)
+        except DnsFailure as e:
+            return str(e.to_s3_error().message)
+        return None
 
     async def addresses(self, host: str, port: int) -> list[AddrInfo] | None:
         """`getaddrinfo` results for a connection name of ours (None: not ours, use the system)."""
@@ -131,7 +154,9 @@ class Upstreams:
         out: list[AddrInfo] = []
         for t in targets:
             if ":" in t.address:
-                out.append((socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (t.address, port, 0, 0)))
+                out.append(
+                    (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (t.address, port, 0, 0))
+                )
             else:
                 out.append((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (t.address, port)))
         return out

@@ -135,7 +135,38 @@ def sha256(data: bytes) -> str:
 
 # --- the recording TLS tap in front of SeaweedFS ---------------------------------------------------
 
-TapMode = Literal["up", "refuse", "reset", "hang"]
+TapMode = Literal["up", "refuse", "reset", "hang", "badcert"]
+FaultKind = Literal["cut-response", "cut-request", "stall-response"]
+
+
+@dataclass(frozen=True, slots=True)
+class TapFault:
+    """A fault injected into the next `times` requests whose target contains `match`.
+
+    cut-response: pass `after` bytes of the response (head included), then abort both connections (the
+    upstream "dies" mid-download). cut-request: pass the head and `after` bytes of the request body, then
+    abort both (the upstream dies mid-upload; SeaweedFS sees an incomplete request). stall-response: pass
+    `after` response bytes, then go silent (connection open) until `UpstreamTap.release()` or the proxy
+    gives up and closes it."""
+
+    kind: FaultKind
+    after: int
+    match: str = ""
+    times: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """How one request's body went through the tap: `complete` is False when the connection ended (either
+    side) before the whole body (by Content-Length or chunked framing) had been passed upstream."""
+
+    connection: int
+    method: str
+    target: str
+    body_expected: int | None  # Content-Length, None for chunked
+    body_passed: int
+    complete: bool
+    redirected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +330,12 @@ class UpstreamTap:
         self._thread: threading.Thread | None = None
         self._mode_changed: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._faults: list[list[Any]] = []  # [TapFault, uses left]
+        self._fired: list[tuple[TapFault, str]] = []  # (fault, target it hit)
+        self._outcomes: list[RequestOutcome] = []
+        self._redirects: dict[str, tuple[str, tuple[str, ...]]] = {}  # bucket -> (region, its domains)
+        self._bad_ctx: ssl.SSLContext | None = None
+        self._release: asyncio.Event | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -327,6 +364,7 @@ class UpstreamTap:
 
     async def _start_all(self) -> None:
         self._mode_changed = asyncio.Event()
+        self._release = asyncio.Event()
         requested = self.port
         for _attempt in range(20):
             try:
@@ -344,7 +382,9 @@ class UpstreamTap:
         raise RuntimeError("could not bind one port on all tap addresses")
 
     async def _listen(self, addr: str) -> None:
-        server = await asyncio.start_server(self._handle, addr, self.port, reuse_address=True)
+        server = await asyncio.start_server(
+            self._handle, addr, self.port, reuse_address=True, limit=1024 * 1024
+        )
         if not self.port:
             self.port = server.sockets[0].getsockname()[1]
         self._servers[addr] = server
@@ -361,7 +401,8 @@ class UpstreamTap:
 
     def set_mode(self, mode: TapMode, addresses: Iterable[str] | None = None) -> None:
         """`up`; `refuse` (nothing listening: connection refused); `reset` (accept, then RST);
-        `hang` (accept, never answer: the proxy's connect/TLS timeout fires)."""
+        `hang` (accept, never answer: the proxy's connect/TLS timeout fires); `badcert` (TLS with a
+        certificate for another name from an untrusted CA: the proxy's verification must fail)."""
         targets = self.addresses if addresses is None else tuple(addresses)
         self._call(self._set_mode(mode, targets))
 
@@ -380,6 +421,58 @@ class UpstreamTap:
 
     def mode(self, address: str) -> TapMode:
         return self._modes[address]
+
+    def add_fault(self, fault: TapFault) -> None:
+        with self._lock:
+            self._faults.append([fault, fault.times])
+
+    def clear_faults(self) -> None:
+        """Drop pending faults and let stalled responses go on."""
+        with self._lock:
+            self._faults.clear()
+        self._call(self._release_all())
+
+    def release(self) -> None:
+        """End every `stall-response` currently holding a connection (the connection is then cut)."""
+        self._call(self._release_all())
+
+    async def _release_all(self) -> None:
+        assert self._release is not None
+        self._release.set()
+        self._release = asyncio.Event()
+
+    def fired(self) -> list[tuple[TapFault, str]]:
+        with self._lock:
+            return list(self._fired)
+
+    def _take_fault(self, target: str) -> TapFault | None:
+        with self._lock:
+            for entry in self._faults:
+                fault, left = entry
+                if left > 0 and fault.match in target:
+                    entry[1] = left - 1
+                    self._fired.append((fault, target))
+                    return fault  # type: ignore[no-any-return]
+        return None
+
+    def set_redirect(self, bucket: str, region: str, domains: Iterable[str]) -> None:
+        """Answer like S3 for a bucket in another region: a request for `bucket` that arrives under any
+        endpoint name other than `domains` (the endpoint of `region`) gets 301 PermanentRedirect with
+        `x-amz-bucket-region: region` and is not forwarded; under `domains` it is forwarded as usual."""
+        with self._lock:
+            self._redirects[bucket] = (region, tuple(domains))
+
+    def clear_redirects(self) -> None:
+        with self._lock:
+            self._redirects.clear()
+
+    def _add_outcome(self, outcome: RequestOutcome) -> None:
+        with self._lock:
+            self._outcomes.append(outcome)
+
+    def outcomes(self) -> list[RequestOutcome]:
+        with self._lock:
+            return list(self._outcomes)
 
     # --- records -------------------------------------------------------------------------------
 
@@ -440,13 +533,16 @@ class UpstreamTap:
             await self._mode_changed.wait()  # hold the socket open, silent, until the test changes mode
             return
         try:
-            await writer.start_tls(self._server_ctx)
+            await writer.start_tls(self._bad_context() if mode == "badcert" else self._server_ctx)
         except (OSError, ssl.SSLError):
             self._record_conn(addr, None, None, ok=False)  # e.g. the proxy rejected our certificate
             raise
         sslobj = writer.get_extra_info("ssl_object")
         sni = getattr(sslobj, "tap_sni", None)
         alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        if mode == "badcert":
+            self._record_conn(addr, sni, alpn, ok=False)  # a client that accepted a wrong certificate
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 *self.upstream, ssl=self._client_ctx, server_hostname=sni or self.default_sni
@@ -455,32 +551,212 @@ class UpstreamTap:
             self._record_conn(addr, sni, alpn, ok=False)
             raise
         serial = self._record_conn(addr, sni, alpn, ok=True)
+        conn = _TapConn(addr, sni, serial, writer, up_writer)
+        conn.sink = self._add_outcome
+        relays = [
+            asyncio.ensure_future(self._relay_requests(reader, conn)),
+            asyncio.ensure_future(self._relay_responses(up_reader, conn)),
+        ]
+        try:
+            # TLS has no half-close here; when either direction ends, end both (HTTP/1.1 copes).
+            await asyncio.wait(relays, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in relays:
+                t.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+            conn.close_body()
+            for w in (up_writer, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
 
-        def on_head(method: str, target: str, headers: list[tuple[str, str]]) -> None:
-            req = UpstreamRequest(addr, sni, method, target, tuple(headers), serial, time.monotonic())
+    def _bad_context(self) -> ssl.SSLContext:
+        """A server context with a certificate for another name from a CA nobody trusts."""
+        if self._bad_ctx is None:
+            import trustme
+
+            ca = trustme.CA(organization_name="not the endpoint CA")
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("wrong.example.com").configure_cert(ctx)
+            ctx.sni_callback = self._on_sni
+            self._bad_ctx = ctx
+        return self._bad_ctx
+
+    async def _relay_requests(self, reader: asyncio.StreamReader, conn: _TapConn) -> None:
+        """Proxy -> SeaweedFS, one request at a time (the proxy never pipelines): record the head, apply
+        redirect rules and request faults, pass the body through by its framing, byte for byte."""
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                if e.partial:
+                    conn.up.write(e.partial)
+                return
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                conn.up.write(head)  # not HTTP/1.1 as we know it: pass on and stop parsing
+                while data := await reader.read(256 * 1024):
+                    conn.up.write(data)
+                return
+            method, target = parts[0], parts[1]
+            headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:])]
+            req = UpstreamRequest(
+                conn.addr, conn.sni, method, target, tuple(headers), conn.serial, time.monotonic()
+            )
             with self._lock:
                 self._requests.append(req)
+            te = ",".join(v for k, v in headers if k.lower() == "transfer-encoding").lower()
+            cl_text = req.header("content-length")
+            expected = None if "chunked" in te else int(cl_text) if cl_text and cl_text.isdigit() else 0
+            redirect = self._redirect_for(req)
+            fault = self._take_fault(target)
+            conn.begin(req, expected, redirected=redirect is not None)
+            if redirect is None:
+                conn.up.write(head)
+            if fault is not None and fault.kind != "cut-request":
+                conn.response_fault, conn.response_seen = fault, 0
+            cut_at = fault.after if fault is not None and fault.kind == "cut-request" else None
+            forward = redirect is None
+            if expected is None:
+                await self._pass_chunked(reader, conn, forward, cut_at)
+            else:
+                await self._pass_length(reader, conn, expected, forward, cut_at)
+            conn.finish_body()
+            if redirect is not None:
+                conn.client.write(redirect)
+            await conn.up.drain()
 
-        observer = _RequestHeadObserver(on_head)
-        await asyncio.gather(
-            self._pump(reader, up_writer, observer.feed),
-            self._pump(up_reader, writer, None),
-            return_exceptions=True,
-        )
+    async def _pass_length(
+        self, reader: asyncio.StreamReader, conn: _TapConn, n: int, forward: bool, cut_at: int | None
+    ) -> None:
+        while n > 0:
+            data = await reader.read(min(n, 256 * 1024))
+            if not data:
+                raise ConnectionError("request body ended early")
+            n -= len(data)
+            await self._pass_body(conn, data, forward, cut_at)
+
+    async def _pass_chunked(
+        self, reader: asyncio.StreamReader, conn: _TapConn, forward: bool, cut_at: int | None
+    ) -> None:
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";")[0].strip(), 16)
+            await self._pass_body(conn, line, forward, cut_at)
+            if size == 0:
+                break
+            while size + 2 > 0:
+                data = await reader.read(min(size + 2, 256 * 1024))
+                if not data:
+                    raise ConnectionError("chunked request body ended early")
+                size -= len(data)
+                await self._pass_body(conn, data, forward, cut_at)
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":  # trailer section
+            await self._pass_body(conn, line, forward, cut_at)
+        await self._pass_body(conn, line, forward, cut_at)
 
     @staticmethod
-    async def _pump(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter, observe: Callable[[bytes], None] | None
+    async def _pass_body(conn: _TapConn, data: bytes, forward: bool, cut_at: int | None) -> None:
+        if cut_at is not None and conn.body_passed + len(data) >= cut_at:
+            data = data[: cut_at - conn.body_passed]
+            conn.up.write(data)
+            conn.body_passed += len(data)
+            await conn.up.drain()
+            conn.abort()
+            raise ConnectionError("cut by a cut-request fault")
+        if forward:
+            conn.up.write(data)
+            if conn.up.transport.get_write_buffer_size() > 1024 * 1024:
+                await conn.up.drain()
+        conn.body_passed += len(data)
+
+    async def _relay_responses(self, up_reader: asyncio.StreamReader, conn: _TapConn) -> None:
+        """SeaweedFS -> proxy, unchanged, except where a response fault is armed."""
+        while data := await up_reader.read(256 * 1024):
+            fault = conn.response_fault
+            if fault is not None and conn.response_seen + len(data) >= fault.after:
+                data = data[: fault.after - conn.response_seen]
+                conn.client.write(data)
+                await conn.client.drain()
+                conn.response_fault = None
+                if fault.kind == "stall-response":
+                    assert self._release is not None
+                    await self._release.wait()
+                conn.abort()
+                return
+            if fault is not None:
+                conn.response_seen += len(data)
+            conn.client.write(data)
+            await conn.client.drain()
+
+    def _redirect_for(self, req: UpstreamRequest) -> bytes | None:
+        """S3's 301 PermanentRedirect for a bucket asked for under another region's endpoint, or None."""
+        host = (req.host or req.sni or "").split(":")[0].lower()
+        with self._lock:
+            rules = dict(self._redirects)
+        if not rules:
+            return None
+        path = req.target.split("?")[0]
+        bucket = host.split(".bucket.", 1)[0] if ".bucket." in host else path.lstrip("/").split("/")[0]
+        rule = rules.get(bucket)
+        if rule is None:
+            return None
+        region, domains = rule
+        if any(host == f"bucket.{d}" or host.endswith(f".bucket.{d}") for d in domains):
+            return None
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code><Message>The '
+            "bucket you are attempting to access must be addressed using the specified endpoint. Please "
+            f"send all future requests to this endpoint.</Message><Endpoint>{bucket}.s3.{region}."
+            f"amazonaws.com</Endpoint><Bucket>{bucket}</Bucket><RequestId>TAP301</RequestId></Error>"
+        ).encode()
+        head = (
+            "HTTP/1.1 301 Moved Permanently\r\n"
+            f"x-amz-bucket-region: {region}\r\nx-amz-request-id: TAP301\r\n"
+            f"Content-Type: application/xml\r\n"
+            f"Content-Length: {len(body) if req.method != 'HEAD' else 0}\r\n\r\n"
+        ).encode()
+        return head + (body if req.method != "HEAD" else b"")
+
+
+class _TapConn:
+    """Per-connection state of the tap's relays."""
+
+    def __init__(
+        self, addr: str, sni: str | None, serial: int, client: asyncio.StreamWriter, up: asyncio.StreamWriter
     ) -> None:
-        try:
-            while data := await src.read(256 * 1024):
-                if observe is not None:
-                    observe(data)
-                dst.write(data)
-                await dst.drain()
-        finally:
-            # TLS has no half-close here; when either side ends, end both (HTTP/1.1 copes).
-            dst.close()
+        self.addr, self.sni, self.serial = addr, sni, serial
+        self.client, self.up = client, up
+        self.response_fault: TapFault | None = None
+        self.response_seen = 0
+        self.body_passed = 0
+        self._current: tuple[UpstreamRequest, int | None, bool] | None = None
+        self.outcomes: list[RequestOutcome] = []
+        self.sink: Callable[[RequestOutcome], None] | None = None
+
+    def begin(self, req: UpstreamRequest, expected: int | None, *, redirected: bool) -> None:
+        self._current, self.body_passed = (req, expected, redirected), 0
+
+    def finish_body(self, complete: bool = True) -> None:
+        if self._current is None:
+            return
+        req, expected, redirected = self._current
+        self._current = None
+        outcome = RequestOutcome(
+            self.serial, req.method, req.target, expected, self.body_passed, complete, redirected
+        )
+        if self.sink is not None:
+            self.sink(outcome)
+
+    def close_body(self) -> None:
+        """The connection ended: a body still in progress is incomplete."""
+        self.finish_body(complete=False)
+
+    def abort(self) -> None:
+        """Cut both connections at once, without a TLS close_notify (as a crashed server would)."""
+        for w in (self.client, self.up):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
 
 
 # --- the backend as a whole ------------------------------------------------------------------------

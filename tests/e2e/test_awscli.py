@@ -86,6 +86,21 @@ def aws(
     return proc
 
 
+def aws_bytes(
+    proxy: ProxyProcess, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> bytes:
+    """Run with bytes on stdin (`aws s3 cp - s3://…`); returns stdout bytes (`aws s3 cp s3://… -`)."""
+    proc = subprocess.run(
+        [aws_binary(), *args],
+        env=cli_env(proxy, **(env or {})),
+        input=stdin,
+        capture_output=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, f"aws {' '.join(args)} -> {proc.returncode}\n{proc.stderr[-3000:]!r}"
+    return proc.stdout
+
+
 def aws_json(proxy: ProxyProcess, *args: str, env: dict[str, str] | None = None) -> Any:
     out = aws(proxy, *args, "--output", "json", env=env).stdout
     return json.loads(out) if out.strip() else None
@@ -119,9 +134,7 @@ def _write_tree(root: Path, names: list[str], salt: str) -> dict[str, str]:
 
 
 def _read_tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): sha256(p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): sha256(p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _ls_keys(stdout: str) -> list[str]:
@@ -146,7 +159,9 @@ def test_s3api_objects_listing_pagination(proxy: ProxyProcess, s3_backend: S3Bac
         (src / key).parent.mkdir(parents=True, exist_ok=True)
         (src / key).write_bytes(data[key])
     for key in keys[:2]:
-        put = aws_json(proxy, "s3api", "put-object", "--bucket", bucket, "--key", key, "--body", str(src / key))
+        put = aws_json(
+            proxy, "s3api", "put-object", "--bucket", bucket, "--key", key, "--body", str(src / key)
+        )
         assert put["ETag"].strip('"') == hashlib.md5(data[key]).hexdigest()
     aws(proxy, "s3", "cp", "--recursive", str(src / "d" / "sub"), f"s3://{bucket}/d/sub")
     aws(proxy, "s3", "cp", "--recursive", "--exclude", "d/*", str(src), f"s3://{bucket}")
@@ -187,10 +202,25 @@ def test_s3api_objects_listing_pagination(proxy: ProxyProcess, s3_backend: S3Bac
     rest, raw2 = aws_each(
         proxy,
         [
-            ["s3api", "list-objects-v2", "--bucket", bucket, "--page-size", "2",
-             "--starting-token", first["NextToken"]],
-            ["s3api", "list-objects-v2", "--bucket", bucket, "--no-paginate",
-             "--continuation-token", raw["NextContinuationToken"]],
+            [
+                "s3api",
+                "list-objects-v2",
+                "--bucket",
+                bucket,
+                "--page-size",
+                "2",
+                "--starting-token",
+                first["NextToken"],
+            ],
+            [
+                "s3api",
+                "list-objects-v2",
+                "--bucket",
+                bucket,
+                "--no-paginate",
+                "--continuation-token",
+                raw["NextContinuationToken"],
+            ],
         ],
     )
     assert [o["Key"] for o in first["Contents"] + rest["Contents"]] == sorted(keys)
@@ -222,11 +252,33 @@ def test_s3api_range_copy_tagging_delete_objects(
     src = tmp_path / "src.bin"
     src.write_bytes(data)
     key = "src dir/ü+data%.bin"
-    aws(proxy, "s3api", "put-object", "--bucket", bucket, "--key", key, "--body", str(src),
-        "--tagging", "team=s3proxy&env=test")
+    aws(
+        proxy,
+        "s3api",
+        "put-object",
+        "--bucket",
+        bucket,
+        "--key",
+        key,
+        "--body",
+        str(src),
+        "--tagging",
+        "team=s3proxy&env=test",
+    )
 
     part = tmp_path / "part.bin"
-    got = aws_json(proxy, "s3api", "get-object", "--bucket", bucket, "--key", key, "--range", "bytes=1000-1999", str(part))
+    got = aws_json(
+        proxy,
+        "s3api",
+        "get-object",
+        "--bucket",
+        bucket,
+        "--key",
+        key,
+        "--range",
+        "bytes=1000-1999",
+        str(part),
+    )
     assert part.read_bytes() == data[1000:2000]
     assert got["ContentRange"] == f"bytes 1000-1999/{len(data)}"
     aws(proxy, "s3api", "get-object", "--bucket", bucket, "--key", key, "--range", "bytes=-100", str(part))
@@ -242,8 +294,15 @@ def test_s3api_range_copy_tagging_delete_objects(
     dst = unique_bucket("cliops-dst")
     aws(proxy, "s3api", "create-bucket", "--bucket", dst)
     copied = aws_json(
-        proxy, "s3api", "copy-object", "--bucket", dst, "--key", "copy of/ü+data%.bin",
-        "--copy-source", f"{bucket}/{key}",
+        proxy,
+        "s3api",
+        "copy-object",
+        "--bucket",
+        dst,
+        "--key",
+        "copy of/ü+data%.bin",
+        "--copy-source",
+        f"{bucket}/{key}",
     )
     assert copied["CopyObjectResult"]["ETag"]
     assert s3_backend.object_sha256(dst, "copy of/ü+data%.bin") == sha256(data)
@@ -255,7 +314,7 @@ def test_s3api_range_copy_tagging_delete_objects(
     aws(proxy, "s3", "cp", "--recursive", str(tmp_path / "bulk"), f"s3://{bucket}/bulk")
     delete = json.dumps({"Objects": [{"Key": k} for k in many[:5]] + [{"Key": "bulk/missing"}]})
     res = aws_json(proxy, "s3api", "delete-objects", "--bucket", bucket, "--delete", delete)
-    assert sorted(d["Key"] for d in res["Deleted"]) == sorted(many[:5] + ["bulk/missing"])
+    assert sorted(d["Key"] for d in res["Deleted"]) == sorted([*many[:5], "bulk/missing"])
     left = aws_json(proxy, "s3api", "list-objects-v2", "--bucket", bucket, "--prefix", "bulk/")
     assert [o["Key"] for o in left["Contents"]] == many[5:]
     assert all(s3_backend.object_sha256(bucket, k) is None for k in many[:5])
@@ -297,6 +356,20 @@ def test_s3_cp_multipart_upload_and_download(
     assert s3_backend.object_sha256(bucket, "copies/big copy.bin") == sha256(data)
     assert _since(s3_backend, mark, lambda r: r.header("x-amz-copy-source") is not None)
 
+    # Streams of unknown length: stdin upload (multipart in chunksize pieces) and download to stdout.
+    mark = s3_backend.mark()
+    piped = data[: 12 * MB]
+    aws_bytes(proxy, "s3", "cp", "-", f"s3://{bucket}/streamed/from stdin+ü", stdin=piped, env=env)
+    assert s3_backend.object_sha256(bucket, "streamed/from stdin+ü") == sha256(piped)
+    assert len(_since(s3_backend, mark, lambda r: r.method == "PUT" and "partNumber=" in r.target)) == 3
+    out_bytes = aws_bytes(proxy, "s3", "cp", f"s3://{bucket}/streamed/from stdin+ü", "-", env=env)
+    assert sha256(out_bytes) == sha256(piped)
+
+    # mv = copy + delete.
+    aws(proxy, "s3", "mv", f"s3://{bucket}/copies/big copy.bin", f"s3://{bucket}/moved/big ü.bin", env=env)
+    assert s3_backend.object_sha256(bucket, "copies/big copy.bin") is None
+    assert s3_backend.object_sha256(bucket, "moved/big ü.bin") == sha256(data)
+
 
 def test_s3_sync_ls_rm(proxy: ProxyProcess, s3_backend: S3Backend, tmp_path: Path) -> None:
     bucket = unique_bucket("clisync")
@@ -308,8 +381,10 @@ def test_s3_sync_ls_rm(proxy: ProxyProcess, s3_backend: S3Backend, tmp_path: Pat
     for name, digest in expected.items():
         assert s3_backend.object_sha256(bucket, f"tree/{name}") == digest, name
 
-    listed = _ls_keys(aws(proxy, "s3", "ls", "--recursive", f"s3://{bucket}/").stdout)
+    mark = s3_backend.mark()
+    listed = _ls_keys(aws(proxy, "s3", "ls", "--recursive", "--page-size", "3", f"s3://{bucket}/").stdout)
     assert sorted(listed) == sorted(f"tree/{n}" for n in TREE_FILES)
+    assert len(_since(s3_backend, mark, lambda r: "max-keys=3" in r.target)) == 3  # 9 keys, 3 pages
     top = aws(proxy, "s3", "ls", f"s3://{bucket}/tree/").stdout
     assert "PRE nested/" in top and "PRE ünïcödé/" in top and "with space.txt" in top
     assert bucket in aws(proxy, "s3", "ls").stdout
@@ -354,7 +429,18 @@ def test_cli_addressing_styles_and_dotted_buckets(
         aws(proxy, "s3", "mb", f"s3://{bucket}", env=env)
         key = "a b+c/~d=e&f%g.bin"
         aws(proxy, "s3", "cp", str(src), f"s3://{bucket}/{key}", env=env)
-        aws(proxy, "s3api", "put-object", "--bucket", bucket, "--key", "ü/日本/x.bin", "--body", str(src), env=env)
+        aws(
+            proxy,
+            "s3api",
+            "put-object",
+            "--bucket",
+            bucket,
+            "--key",
+            "ü/日本/x.bin",
+            "--body",
+            str(src),
+            env=env,
+        )
         out = tmp_path / "out.bin"
         aws(proxy, "s3api", "get-object", "--bucket", bucket, "--key", key, str(out), env=env)
         assert sha256(out.read_bytes()) == sha256(data) == s3_backend.object_sha256(bucket, key)
@@ -379,7 +465,9 @@ def test_cli_region_eu_west_1(proxy: ProxyProcess, s3_backend: S3Backend, tmp_pa
     src.write_bytes(data)
     aws(proxy, "s3", "cp", str(src), f"s3://{bucket}/eu/ü file+1.bin", "--region", "eu-west-1")
     out = tmp_path / "out.bin"
-    aws(proxy, "s3", "cp", f"s3://{bucket}/eu/ü file+1.bin", str(out), env={"AWS_DEFAULT_REGION": "eu-west-1"})
+    aws(
+        proxy, "s3", "cp", f"s3://{bucket}/eu/ü file+1.bin", str(out), env={"AWS_DEFAULT_REGION": "eu-west-1"}
+    )
     assert sha256(out.read_bytes()) == sha256(data) == s3_backend.object_sha256(bucket, "eu/ü file+1.bin")
     reqs = s3_backend.upstream_requests(mark)
     assert reqs

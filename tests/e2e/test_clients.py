@@ -9,6 +9,8 @@ the rewrite matters (addressing styles, dotted buckets, legacy global host, seco
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -46,10 +48,25 @@ SPECIAL_KEYS = [
     "nested/a/b/c/d/e.txt",
     "punct;,:@$!'()*",
     "question?mark#hash",
+    "tab\tnew\nline\x01ctl",
+    "back\\slash",
+    '<lt>"`{}[]|^',
+    "dot/./seg",
+    "dot/../up",
+    "..",
 ]
 # Keys SeaweedFS (a filesystem underneath) stores differently from S3: `//` folded, leading `/` dropped,
 # `trailing/` made an empty directory marker. For them, SeaweedFS reached directly is the oracle.
-SEAWEED_FOLDS = {"double//slash//x", "/leading-slash", "trailing/"}
+# It also turns `\` into `/` and refuses `.`/`..` segments (InvalidRequest), where S3 stores them as is.
+SEAWEED_FOLDS = {
+    "double//slash//x",
+    "/leading-slash",
+    "trailing/",
+    "back\\slash",
+    "dot/./seg",
+    "dot/../up",
+    "..",
+}
 
 
 def _body(tag: str, size: int = 3000) -> bytes:
@@ -172,9 +189,7 @@ def _observe(s3: Any, bucket: str, key: str) -> dict[str, Any]:
         return sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
     def tags() -> Any:
-        return sorted(
-            (t["Key"], t["Value"]) for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-        )
+        return sorted((t["Key"], t["Value"]) for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"])
 
     def copy() -> str:
         s3.copy_object(Bucket=bucket, Key=key + ".copy", CopySource={"Bucket": bucket, "Key": key})
@@ -209,8 +224,11 @@ def test_special_keys_roundtrip(proxy: ProxyProcess, s3_backend: S3Backend, styl
         body = _body(key)
         mark = s3_backend.mark()
         sent.clear()
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        direct.put_object(Bucket=oracle, Key=key, Body=body)
+        put = _outcome(functools.partial(s3.put_object, Bucket=bucket, Key=key, Body=body))
+        put_direct = _outcome(functools.partial(direct.put_object, Bucket=oracle, Key=key, Body=body))
+        assert isinstance(put, dict) == isinstance(put_direct, dict), (key, put, put_direct)
+        if not isinstance(put, dict):
+            assert put == put_direct, key
         client_url = urlsplit(sent[0][1])
         client_path = client_url.path
         if client_url.hostname and client_url.hostname.startswith(bucket + "."):
@@ -230,14 +248,20 @@ def test_special_keys_roundtrip(proxy: ProxyProcess, s3_backend: S3Backend, styl
         pages = c.get_paginator("list_objects_v2").paginate(Bucket=b, PaginationConfig={"PageSize": 5})
         return [o["Key"] for p in pages for o in p.get("Contents", [])]
 
-    everything = listing(s3, bucket)
-    assert everything == listing(direct, oracle)
+    # (SeaweedFS skips a key after a page boundary next to a control-character key, directly too: the
+    # paginated listing is compared with the direct one, the complete one is a single page.)
+    assert listing(s3, bucket) == listing(direct, oracle)
+    everything = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert set(SPECIAL_KEYS) - SEAWEED_FOLDS <= set(everything)
-    res = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in everything]})
-    assert sorted(d["Key"] for d in res["Deleted"]) == sorted(everything)
+    # A DeleteObjects body is XML 1.0, which cannot carry control characters: those keys go one by one.
+    in_xml = [k for k in everything if not any(ord(c) < 0x20 for c in k)]
+    for k in set(everything) - set(in_xml):
+        s3.delete_object(Bucket=bucket, Key=k)
+    res = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in in_xml]})
+    assert sorted(d["Key"] for d in res["Deleted"]) == sorted(in_xml)
     assert not res.get("Errors")
-    assert listing(s3, bucket) == []
-    for key in SPECIAL_KEYS:
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    for key in sorted(set(SPECIAL_KEYS) - SEAWEED_FOLDS):
         assert s3_backend.object_sha256(bucket, key) is None, key
 
 
@@ -258,7 +282,9 @@ def test_range_copy_tagging_delete_objects(proxy: ProxyProcess, s3_backend: S3Ba
     tail = s3.get_object(Bucket=bucket, Key="src/data.bin", Range=f"bytes={len(data) - 1000}-")
     assert tail["Body"].read() == data[-1000:]
 
-    assert {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key="src/data.bin")["TagSet"]} == {
+    assert {
+        t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key="src/data.bin")["TagSet"]
+    } == {
         "a": "1",
         "b": "two",
     }
@@ -289,12 +315,137 @@ def test_range_copy_tagging_delete_objects(proxy: ProxyProcess, s3_backend: S3Ba
     res = s3.delete_objects(
         Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[:10]] + [{"Key": "many/missing"}]}
     )
-    assert sorted(d["Key"] for d in res["Deleted"]) == sorted(keys[:10] + ["many/missing"])
+    assert sorted(d["Key"] for d in res["Deleted"]) == sorted([*keys[:10], "many/missing"])
     left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="many/")["Contents"]]
     assert left == keys[10:]
-    quiet = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[10:]], "Quiet": True})
+    quiet = s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[10:]], "Quiet": True}
+    )
     assert not quiet.get("Errors")
     assert all(s3_backend.object_sha256(bucket, k) is None for k in keys)
+
+
+# --- what the client signs and how it sends the body ---------------------------------------------
+
+PAYLOAD_VARIANTS: dict[str, tuple[Config, dict[str, Any], str | None]] = {
+    # name: (client config, put_object extras, expected upstream x-amz-content-sha256 (None: any hash))
+    "default-crc-trailer": (Config(), {}, "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+    "sha256-trailer": (Config(), {"ChecksumAlgorithm": "SHA256"}, "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+    "signed-body-hash": (
+        Config(s3={"payload_signing_enabled": True}, request_checksum_calculation="when_required"),
+        {},
+        None,
+    ),
+    "content-md5-unsigned": (
+        Config(request_checksum_calculation="when_required"),
+        {"ContentMD5": ""},
+        "UNSIGNED-PAYLOAD",
+    ),
+    "sigv2-header": (Config(signature_version="s3"), {}, "sigv2"),
+}
+
+
+@pytest.mark.parametrize("variant", list(PAYLOAD_VARIANTS))
+@pytest.mark.parametrize("style", ["virtual", "path"])
+def test_payload_signing_variants(
+    proxy: ProxyProcess, s3_backend: S3Backend, variant: str, style: str
+) -> None:
+    """The body forms boto3 uses (aws-chunked with a checksum trailer, a signed body hash, UNSIGNED-PAYLOAD
+    with Content-MD5, SigV2): each reaches the endpoint intact and is accepted by its signature checks."""
+    cfg, extras, expected = PAYLOAD_VARIANTS[variant]
+    s3 = proxy.boto3_client(region="us-east-1", config=cfg.merge(Config(s3={"addressing_style": style})))
+    bucket = unique_bucket("sig")
+    # (SigV2 bucket-level requests in path style fail against SeaweedFS even directly: botocore signs
+    # `/BUCKET/` for the path `/BUCKET`, which S3 accepts and SeaweedFS does not. Object requests work.)
+    (s3 if variant != "sigv2-header" or style == "virtual" else proxy.boto3_client()).create_bucket(
+        Bucket=bucket
+    )
+    data = os.urandom(MB + 7)
+    if "ContentMD5" in extras:
+        extras = {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+    mark = s3_backend.mark()
+    s3.put_object(Bucket=bucket, Key="v a+r/ü", Body=data, **extras)
+    assert s3_backend.object_sha256(bucket, "v a+r/ü") == sha256(data)
+    got = s3.get_object(Bucket=bucket, Key="v a+r/ü", ChecksumMode="ENABLED")["Body"].read()
+    assert sha256(got) == sha256(data)
+    (put,) = _since(s3_backend, mark, lambda r: r.method == "PUT")
+    auth = put.header("authorization") or ""
+    if expected == "sigv2":
+        assert auth.startswith("AWS ") and put.header("x-amz-content-sha256") is None
+    else:
+        assert auth.startswith("AWS4-HMAC-SHA256 ") and scope_region(put) == "us-east-1"
+        sent_hash = put.header("x-amz-content-sha256")
+        assert sent_hash == (expected or sha256(data)), sent_hash
+
+
+# --- everyday semantics pass through unchanged ---------------------------------------------------
+
+
+def test_errors_conditionals_metadata_empty_and_large(proxy: ProxyProcess, s3_backend: S3Backend) -> None:
+    s3 = proxy.boto3_client(region="us-east-1")
+    bucket = unique_bucket("sem")
+    s3.create_bucket(Bucket=bucket)
+
+    # S3's own errors come back as S3 sent them (not replaced by the proxy's).
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="no such key")
+    assert e.value.response["Error"]["Code"] == "NoSuchKey"
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="no such key")
+    assert e.value.response["Error"]["Code"] == "404"
+    with pytest.raises(ClientError) as e:
+        s3.list_objects_v2(Bucket=unique_bucket("missing"))
+    assert e.value.response["Error"]["Code"] == "NoSuchBucket"
+
+    # Empty object; metadata and content headers; conditional requests.
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+    assert s3_backend.object_sha256(bucket, "empty") == sha256(b"")
+    put = s3.put_object(
+        Bucket=bucket,
+        Key="meta",
+        Body=b"{}",
+        ContentType="application/json; charset=utf-8",
+        CacheControl="max-age=60",
+        ContentDisposition='attachment; filename="a b.json"',
+        Metadata={"owner": "team a", "x-y": "1+2=3"},
+    )
+    head = s3.head_object(Bucket=bucket, Key="meta")
+    assert head["ContentType"] == "application/json; charset=utf-8"
+    assert head["CacheControl"] == "max-age=60"
+    assert head["ContentDisposition"] == 'attachment; filename="a b.json"'
+    assert head["Metadata"] == {"owner": "team a", "x-y": "1+2=3"}
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="meta", IfNoneMatch=put["ETag"])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="meta", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+
+    # One large single PUT and a streamed GET (bodies stream through the proxy).
+    data = os.urandom(24 * MB + 1)
+    s3.put_object(Bucket=bucket, Key="large single put", Body=data)
+    assert s3_backend.object_sha256(bucket, "large single put") == sha256(data)
+    h = hashlib.sha256()
+    for piece in s3.get_object(Bucket=bucket, Key="large single put")["Body"].iter_chunks(256 * 1024):
+        h.update(piece)
+    assert h.hexdigest() == sha256(data)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_dualstack_client(proxy: ProxyProcess, s3_backend: S3Backend, region: str) -> None:
+    s3 = proxy.boto3_client(region=region, config=Config(use_dualstack_endpoint=True))
+    sent = record_urls(s3)
+    bucket = unique_bucket("dual")
+    mark = s3_backend.mark()
+    kw = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=bucket, **kw)
+    s3.put_object(Bucket=bucket, Key="d s+1", Body=b"dual" * 1000)
+    assert s3.get_object(Bucket=bucket, Key="d s+1")["Body"].read() == b"dual" * 1000
+    assert all(f".s3.dualstack.{region}.amazonaws.com" in u for _, u in sent), sent
+    ep = s3_backend.endpoint(region)
+    for r in s3_backend.upstream_requests(mark):
+        assert _host(r) == ep.bucket_host and scope_region(r) == region, (r.host, r.target)
 
 
 # --- multipart transfers -----------------------------------------------------------------------
@@ -329,7 +480,9 @@ def test_multipart_upload_download(proxy: ProxyProcess, s3_backend: S3Backend, t
     up = s3.create_multipart_upload(Bucket=bucket, Key="low level")["UploadId"]
     etags = []
     for n, piece in enumerate((data[: 5 * MB], data[5 * MB : 6 * MB]), start=1):
-        etags.append(s3.upload_part(Bucket=bucket, Key="low level", UploadId=up, PartNumber=n, Body=piece)["ETag"])
+        etags.append(
+            s3.upload_part(Bucket=bucket, Key="low level", UploadId=up, PartNumber=n, Body=piece)["ETag"]
+        )
     listed = s3.list_parts(Bucket=bucket, Key="low level", UploadId=up)["Parts"]
     assert [p["PartNumber"] for p in listed] == [1, 2]
     s3.complete_multipart_upload(
@@ -437,8 +590,13 @@ def test_legacy_global_host_default_region(proxy: ProxyProcess, s3_backend: S3Ba
     assert s3_backend.object_sha256(bucket, "k ü+1") == sha256(body)
     assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
+    loc = s3.get_bucket_location(Bucket=bucket)["LocationConstraint"]
+    assert loc in (None, "", "us-east-1")
+
     client_hosts = {urlsplit(u).hostname for _, u in sent}
-    expected = {f"{bucket}.s3.amazonaws.com", "s3.amazonaws.com"} if style == "virtual" else {"s3.amazonaws.com"}
+    expected = (
+        {f"{bucket}.s3.amazonaws.com", "s3.amazonaws.com"} if style == "virtual" else {"s3.amazonaws.com"}
+    )
     assert client_hosts == expected
     us = s3_backend.endpoint("us-east-1")
     reqs = s3_backend.upstream_requests(mark)

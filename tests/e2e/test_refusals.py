@@ -386,12 +386,6 @@ def test_endpoint_down_client_gets_an_error_then_proxy_recovers(
     assert s3.get_object(Bucket=BUCKET, Key="ok")["Body"].read() == b"still serving"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="endpoint unreachable is answered by mitmproxy's own 502 text/html page, not an S3-style "
-    "503 ServiceUnavailable naming the endpoint; s3proxy/upstream.py (failover, in progress) is to answer "
-    "it (NoUsableAddress.to_s3_error) once wired into the addon",
-)
 @pytest.mark.parametrize("mode", ["refuse", "reset"])
 def test_endpoint_down_is_an_s3_style_503_naming_the_endpoint(
     proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend, mode: str

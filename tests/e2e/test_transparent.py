@@ -104,7 +104,9 @@ def test_transparent_mode_in_a_network_namespace(netns, tmp_path):
         check=False,
     )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert r.returncode == 0 and lines, f"inner run failed (rc {r.returncode})\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"
+    assert r.returncode == 0 and lines, (
+        f"inner run failed (rc {r.returncode})\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"
+    )
     result = json.loads(lines[-1][len("RESULT ") :])
     ep_host = result["bucket_host"]
     # Every S3 request reached the endpoint under its vpce name, over TLS with that SNI, never elsewhere.
@@ -116,6 +118,10 @@ def test_transparent_mode_in_a_network_namespace(netns, tmp_path):
     # A non-S3 site was tunnelled: the client saw the site's own certificate, not one from the proxy's CA.
     assert result["non_s3_issuer"] == "s3proxy transparent test: other site CA"
     assert result["non_s3_reply"] == "pong"
+    # non_s3: deny refuses that connection instead, and S3 still works.
+    assert result["deny_reply"] is None and not result["deny_site_reached"], result
+    assert result["deny_logged"] and result["s3_after_deny_ok"]
+    assert result["upstream_count"] >= 5
 
 
 # --- inner: runs inside the namespace ---------------------------------------------------------------------
@@ -138,12 +144,14 @@ def _other_site(cert_dir: Path) -> tuple[Any, Path]:
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
+            server.connections += 1  # type: ignore[attr-defined]
             with ctx.wrap_socket(self.request, server_side=True) as tls:
                 if tls.recv(100).startswith(b"ping"):
                     tls.sendall(b"pong")
 
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     server = socketserver.ThreadingTCPServer((OTHER_ADDRESS, 443), Handler)
+    server.connections = 0  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, ca_file
 
@@ -151,19 +159,29 @@ def _other_site(cert_dir: Path) -> tuple[Any, Path]:
 def _redirect_packets(proxy_port: int) -> int:
     out = _sh("iptables", "-t", "nat", "-L", "OUTPUT", "-n", "-v", "-x").stdout
     return sum(
-        int(ln.split()[0]) for ln in out.splitlines() if "REDIRECT" in ln and f"redir ports {proxy_port}" in ln
+        int(ln.split()[0])
+        for ln in out.splitlines()
+        if "REDIRECT" in ln and f"redir ports {proxy_port}" in ln
     )
 
 
 def inner(workdir: Path, netns: str) -> dict[str, Any]:
     import hashlib
-    import ssl
     import socket
+    import ssl
 
     import boto3
     from botocore.config import Config
-    from e2e.harness import ADMIN, ProxyProcess, S3Backend, base_proxy_config, clean_client_env, deep_merge
-    from e2e.harness import free_ports
+
+    from e2e.harness import (
+        ADMIN,
+        ProxyProcess,
+        S3Backend,
+        base_proxy_config,
+        clean_client_env,
+        deep_merge,
+        free_ports,
+    )
 
     def sha(b: bytes) -> str:
         return hashlib.sha256(b).hexdigest()
@@ -179,9 +197,28 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         {"listen": {"host": "127.0.0.1", "port": port, "mode": "transparent"}},
     )
     setpriv = ["setpriv", f"--regid={PROXY_GID}", "--clear-groups", "--"]
-    proxy = ProxyProcess(cfg, workdir / "proxy", command=[*setpriv, str(Path(sys.executable).parent / "s3proxy")])
-    rule = ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "443", "-m", "owner", "!", "--gid-owner",
-            str(PROXY_GID), "-j", "REDIRECT", "--to-ports", str(port)]
+    proxy = ProxyProcess(
+        cfg, workdir / "proxy", command=[*setpriv, str(Path(sys.executable).parent / "s3proxy")]
+    )
+    rule = [
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "443",
+        "-m",
+        "owner",
+        "!",
+        "--gid-owner",
+        str(PROXY_GID),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        str(port),
+    ]
     try:
         proxy.start()
         _sh("iptables", *rule)
@@ -191,7 +228,8 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
 
         # boto3 with no proxy and no endpoint_url: it simply dials BUCKET.s3.amazonaws.com:443.
         session = boto3.session.Session(
-            aws_access_key_id=ADMIN.access_key_id, aws_secret_access_key=ADMIN.secret_access_key,
+            aws_access_key_id=ADMIN.access_key_id,
+            aws_secret_access_key=ADMIN.secret_access_key,
             region_name="us-east-1",
         )
         s3 = session.client(
@@ -207,11 +245,19 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         src = workdir / "cli-src.bin"
         src.write_bytes(hashlib.sha256(b"cli").digest() * 4000)
         env = clean_client_env()
-        env.update(AWS_ACCESS_KEY_ID=ADMIN.access_key_id, AWS_SECRET_ACCESS_KEY=ADMIN.secret_access_key,
-                   AWS_CA_BUNDLE=str(proxy.ca_cert))
+        env.update(
+            AWS_ACCESS_KEY_ID=ADMIN.access_key_id,
+            AWS_SECRET_ACCESS_KEY=ADMIN.secret_access_key,
+            AWS_CA_BUNDLE=str(proxy.ca_cert),
+        )
         aws = str(Path(sys.executable).parent / "aws")
-        cp = subprocess.run([aws, "s3", "cp", str(src), f"s3://{BUCKET}/cli/obj.bin"], env=env,
-                            capture_output=True, text=True, timeout=60)
+        cp = subprocess.run(
+            [aws, "s3", "cp", str(src), f"s3://{BUCKET}/cli/obj.bin"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cp.returncode == 0, cp.stderr
         result["cli_sha256_ok"] = backend.object_sha256(BUCKET, "cli/obj.bin") == sha(src.read_bytes())
 
@@ -219,8 +265,12 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         url = session.client("s3", config=Config(signature_version="s3v4")).generate_presigned_url(
             "get_object", Params={"Bucket": BUCKET, "Key": "t/a b+c~.bin"}, ExpiresIn=300
         )
-        c = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
-                           capture_output=True, env=env, timeout=30)
+        c = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
         assert c.returncode == 0, c.stderr
         result["curl_sha256_ok"] = sha(c.stdout) == sha(body)
 
@@ -239,6 +289,30 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
                 result["non_s3_reply"] = tls.recv(10).decode()
         result["non_s3_issuer"] = dict(x[0] for x in issuer).get("organizationName")
         result["original_dst_seen"] = _redirect_packets(port) > before
+
+        # With non_s3: deny the same non-S3 connection is refused (no CONNECT exists to answer 403 to),
+        # never decrypted and never reaching the site; S3 keeps working.
+        _sh("iptables", "-t", "nat", "-F", "OUTPUT")
+        proxy.stop()
+        port = free_ports(1)[0]
+        cfg = deep_merge(cfg, {"listen": {"port": port}, "non_s3": "deny"})
+        proxy = ProxyProcess(cfg, workdir / "proxy", command=proxy.command).start()
+        rule[-1] = str(port)
+        _sh("iptables", *rule)
+        reached = other.connections
+        try:
+            with socket.create_connection((OTHER_NAME, 443), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname=OTHER_NAME) as tls:
+                    tls.sendall(b"ping")
+                    result["deny_reply"] = tls.recv(10).decode()
+        except (OSError, ssl.SSLError) as e:
+            result["deny_reply"] = None
+            result["deny_error"] = type(e).__name__
+        result["deny_site_reached"] = other.connections > reached
+        result["deny_logged"] = "non_s3: deny" in proxy.logs()
+        fresh = session.client("s3", verify=str(proxy.ca_cert), config=Config(proxies={}))
+        fresh.head_object(Bucket=BUCKET, Key="t/a b+c~.bin")  # the old client's pool held the dead proxy
+        result["s3_after_deny_ok"] = True
         return result
     except BaseException:
         print("--- proxy log ---\n" + proxy.logs()[-6000:])
