@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,12 +34,13 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Server
 from mitmproxy.proxy import server_hooks
 
-from s3proxy import access, hosts
+from s3proxy import access, guard, hosts
 from s3proxy.chunked import ChunkResigner
 from s3proxy.config import Config, ConfigError, load_config
 from s3proxy.engine import Decision, Engine
 from s3proxy.errors import S3Error, error_headers, error_xml, new_request_id
 from s3proxy.model import Request, split_target
+from s3proxy.regions import RegionCache, region_from_headers
 from s3proxy.resolver import DnsFailure, Resolver
 from s3proxy.signing import signer_from_config
 from s3proxy.upstream import NoUsableAddress, Upstreams, upstream_ssl_context
@@ -47,6 +49,8 @@ log = logging.getLogger("s3proxy")
 
 _AUTH_OK = "s3proxy_auth_ok"
 _POINTED = "s3proxy_pointed"  # set on a client connection once one of its requests was routed to S3
+REQUEST_KEY = "s3proxy_request"  # flow.metadata: the core Request as the client sent it
+REFUSAL_KEY = "s3proxy_refusal"  # flow.metadata: why the proxy answered itself (a metrics label)
 
 
 def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -> http.Response:
@@ -87,6 +91,54 @@ def install_s3_protocol_errors() -> None:
 
     if hasattr(_http1, "make_error_response"):
         _http1.make_error_response = protocol_error_bytes
+
+
+def install_header_limit(limit: Callable[[], int]) -> None:
+    """Bound a request head that is still arriving: mitmproxy buffers it without limit ("FIXME: protect
+    against header size DoS" in its HTTP/1 server), so a client could make the proxy hold any amount of
+    memory. Past `limit()` bytes without a complete head the client gets a 400 and the connection closes."""
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy.layers.http import _http1
+
+    server_cls = getattr(_http1, "Http1Server", None)
+    original = getattr(server_cls, "read_headers", None)
+    if server_cls is None or original is None or getattr(original, "_s3proxy", False):
+        return
+
+    def read_headers(self: Any, event: Any) -> Any:
+        yield from original(self, event)
+        if (
+            isinstance(event, events.DataReceived)
+            and getattr(self.state, "__func__", None) is read_headers
+            and len(self.buf) > limit()
+        ):
+            error = S3Error(
+                400,
+                "RequestHeaderSectionTooLarge",
+                f"Your request header section exceeds the maximum allowed size ({limit()} bytes).",
+            )
+            resp = error_response(error)
+            resp.headers["Connection"] = "close"
+            from mitmproxy.net.http import http1
+
+            yield commands.SendData(self.conn, bytes(http1.assemble_response(resp)))
+            yield commands.CloseConnection(self.conn)
+            self.buf.clear()
+            self.state = self.done
+
+    read_headers._s3proxy = True  # type: ignore[attr-defined]
+    server_cls.read_headers = read_headers
+
+
+def is_local_address(address: str) -> bool:
+    """True if `address` belongs to this host: binding a socket to it succeeds only then (nothing is sent)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def request_from_flow(req: http.Request) -> Request:
@@ -181,6 +233,15 @@ class S3Proxy:
         # ~0.4 s of CPU on the event loop, so it is paid once per credential, not once per connection.
         # Only digests are kept (never the password); cleared whenever the config changes.
         self._proxy_auth_ok: set[bytes] = set()
+        self.previous_upstreams: Upstreams | None = None
+        # Bumped by every config load: a client connection admitted under an older config is checked
+        # against the access rules again on its next request.
+        self.generation = 0
+        # Bucket -> region learned from S3 (x-amz-bucket-region); kept across reloads.
+        self.regions = RegionCache()
+        self._discovering: dict[str, asyncio.Task[str | None]] = {}
+        # Flows with a whole-request deadline (upstream.request_timeout), by flow id.
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
 
     # -- options and config -------------------------------------------------------------------------
     def load(self, loader: object) -> None:
@@ -212,22 +273,49 @@ class S3Proxy:
                 "the keyring is empty (signing.keys, signing.keys_file, signing.profiles): every signed "
                 "request will be refused with InvalidAccessKeyId until keys are configured"
             )
-        self.engine = Engine(config, signer)
-        self.resolver = Resolver.from_config(config.dns)
+        engine = Engine(config, signer)
+        resolver = Resolver.from_config(config.dns)
         bundle = config.tls.upstream_ca_bundle
         u = config.upstream
-        self.upstreams = Upstreams(
-            self.resolver,
+        upstreams = Upstreams(
+            resolver,
             dict(config.endpoints),
             ssl_context=upstream_ssl_context(str(bundle) if bundle else None),
             connect_timeout=u.connect_timeout,
             bench_seconds=u.bench_seconds,
             verify_interval=u.verify_interval,
         )
+        # Swapped only once everything was built (a reload that fails half-way changes nothing). Requests
+        # already routed keep what they captured; a connection they open after the swap still finds its
+        # endpoint in the previous pool (`upstreams_for`).
+        self.previous_upstreams = self.upstreams
+        self.engine, self.resolver, self.upstreams = engine, resolver, upstreams
         self.config = config
+        self.generation += 1
+        self.regions.max_entries, self.regions.ttl = u.region_cache_size, u.region_cache_ttl
+
+    def reload(self) -> str | None:
+        """Read the config file again and swap it in for new requests; open connections are untouched.
+        Returns None on success, else why it was refused (the current config keeps serving)."""
+        path = ctx.options.s3proxy_config
+        try:
+            self.apply_config(load_config(Path(path), os.environ))
+        except (ConfigError, ValueError, OSError) as e:
+            # OSError: e.g. tls.upstream_ca_bundle vanished between validation and loading it.
+            return f"{path}: {e}"
+        return None
+
+    def upstreams_for(self, host: str) -> Upstreams | None:
+        """The pool that routes `host`: the current one, or the one before the last reload (a request
+        routed just before it may still open its connection), or None when `host` is not an endpoint."""
+        for pool in (self.upstreams, self.previous_upstreams):
+            if pool is not None and pool.route(host) is not None:
+                return pool
+        return None
 
     def running(self) -> None:
         install_s3_protocol_errors()
+        install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
         # mitmproxy connects with asyncio.open_connection(host, port): answer its name lookups for our
         # vpce names (see module docstring); everything else keeps the loop's own getaddrinfo.
         loop = asyncio.get_running_loop()
@@ -236,7 +324,7 @@ class S3Proxy:
             return
 
         async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-            upstreams = self.upstreams
+            upstreams = self.upstreams_for(host) if isinstance(host, str) else None
             if upstreams is not None and isinstance(host, str) and isinstance(port, int):
                 infos = await upstreams.addresses(host, port)
                 if infos is not None:
@@ -252,7 +340,7 @@ class S3Proxy:
         assert self.config is not None
         if flow.client_conn.peername is None:
             return False
-        if flow.metadata.get(_AUTH_OK) or getattr(flow.client_conn, _AUTH_OK, False):
+        if flow.metadata.get(_AUTH_OK) or getattr(flow.client_conn, _AUTH_OK, None) == self.generation:
             return False
         refusal = access.check_client(flow.client_conn.peername[0], self.config.access)
         header = flow.request.headers.get("Proxy-Authorization")
@@ -264,17 +352,67 @@ class S3Proxy:
                     self._proxy_auth_ok.clear()  # bounded: a flood of distinct valid credentials is unlikely
                 self._proxy_auth_ok.add(digest)
         if refusal is None:
-            setattr(flow.client_conn, _AUTH_OK, True)
+            setattr(flow.client_conn, _AUTH_OK, self.generation)
             return False
         log.warning("refused client %s: %s", flow.client_conn.peername[0], refusal.reason)
         code = "AccessDenied" if refusal.status == 403 else "ProxyAuthenticationRequired"
         extra = [("Proxy-Authenticate", 'Basic realm="s3proxy"')] if refusal.status == 407 else None
+        flow.metadata[REFUSAL_KEY] = "access"
         flow.response = error_response(S3Error(refusal.status, code, refusal.message), extra)
         return True
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        if self.config is None or self._refuse_client(flow):
+    def _own_ports(self) -> tuple[int, ...]:
+        assert self.config is not None
+        admin = self.config.admin.listen
+        return (self.config.listen.port, *((admin[1],) if admin else ()))
+
+    async def _tunnel_refusal(self, host: str, port: int) -> tuple[str | None, str | None]:
+        """(why a tunnel to host:port is refused, or None; the checked address to connect to). Every address
+        the name resolves to is checked (guard.destination_refusal), so a name pointing at loopback or the
+        metadata service is refused like the literal; configured endpoint names are trusted."""
+        assert self.config is not None
+        if self.upstreams is not None and self.upstreams.route(host) is not None:
+            return None, None
+        literal = guard.parse_address(host)
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                return None, None  # unresolvable: the connect fails as it would without the proxy
+            addresses = [str(info[4][0]) for info in infos]
+        for address in addresses:
+            reason = guard.destination_refusal(
+                address,
+                port,
+                own_ports=self._own_ports(),
+                allow=self.config.tunnel_allow,
+                is_local=is_local_address,
+            )
+            if reason is not None:
+                return reason, None
+        return None, addresses[0] if addresses else None
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self.config is None or flow.error or self._refuse_client(flow):
             return
+        host, port = flow.request.host, flow.request.port
+        if self.config.non_s3 == "tunnel" and not hosts.is_s3_host(host):
+            # Not an SSRF hop: loopback, link-local (instance metadata), this host and the proxy's own
+            # ports are never tunnel destinations unless `tunnel_allow` lists them.
+            reason, _ = await self._tunnel_refusal(host, port)
+            if reason is not None:
+                log.warning("refused tunnel to %s:%s: %s", host[:255], port, reason)
+                flow.response = error_response(
+                    S3Error(
+                        403,
+                        "AccessDenied",
+                        f"s3proxy does not open tunnels to {host[:255]}:{port}: {reason} "
+                        "(tunnel_allow lists networks that may be reached)",
+                    )
+                )
+                return
         if self.config.non_s3 == "deny" and not hosts.is_s3_host(flow.request.host):
             flow.response = error_response(
                 S3Error(
@@ -289,22 +427,38 @@ class S3Proxy:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.engine is None or self.resolver is None or self.config is None or flow.response:
             return
+        if flow.error:  # mitmproxy refused the request head itself (smuggling checks): it answers
+            return
         if self._refuse_client(flow):
             return
+        r = flow.request
+        abuse = guard.check_head(
+            r.method, r.path, r.headers.fields, self.config.limits.max_header_bytes
+        ) or guard.check_authority(r.host_header, r.host, flow.client_conn.sni)
+        if abuse is not None:
+            log.warning("refused request: %s %s", abuse.code, abuse.message)
+            flow.response = error_response(abuse)
+            return
         req = request_from_flow(flow.request)
+        flow.metadata[REQUEST_KEY] = req  # as the client sent it, for the access log
         if not hosts.is_s3_host(req.host):
-            if self.config.non_s3 == "deny" or flow.client_conn.tls_established:
-                # Inside a decrypted tunnel the inner Host must be S3 too: never forward it elsewhere.
+            transparent_plain = (
+                self.config.listen.mode == "transparent" and not flow.client_conn.tls_established
+            )
+            if self.config.non_s3 == "deny" or not transparent_plain:
+                # Inside a decrypted tunnel the inner Host must be S3 too, and a plain-HTTP proxy request
+                # (absolute-form) to another host is refused: `tunnel` means CONNECT tunnels, never
+                # decrypted; the proxy is no open HTTP relay. Transparent plain HTTP is a tunnel.
                 flow.response = error_response(
-                    S3Error(403, "AccessDenied", f"{req.host or '(no host)'} is not an S3 name")
+                    S3Error(403, "AccessDenied", f"{req.host[:255] or '(no host)'} is not an S3 name")
                 )
             else:
                 flow.request.stream = True
             return
         now = datetime.fromtimestamp(self.clock(), UTC)
-        decision = self.engine.decide(req, now)
+        decision = await self._decide(req, now)
         flow.metadata["s3proxy"] = decision
-        log.info("%s", describe(req, decision))
+        log.debug("%s", describe(req, decision))  # the access log has one line per request at info
         if decision.action == "reject":
             assert decision.error is not None
             flow.response = error_response(decision.error.with_resource(req.path))
@@ -316,14 +470,81 @@ class S3Proxy:
         try:
             await self.upstreams.usable(decision.endpoint, decision.kind)
         except (DnsFailure, NoUsableAddress) as e:
+            flow.metadata[REFUSAL_KEY] = "dns" if isinstance(e, DnsFailure) else "upstream"
             flow.response = error_response(e.to_s3_error().with_resource(req.path))
             return
         self._point(
             flow, decision, Upstreams.connection_name(decision.endpoint, decision.kind), decision.port
         )
         if decision.chunk is not None:
-            flow.request.stream = ChunkStream(ChunkResigner(decision.chunk), req.path)
+            limits = self.config.limits
+            resigner = ChunkResigner(
+                decision.chunk, max_chunk_size=limits.max_chunk_size, max_trailer_size=limits.max_trailer_size
+            )
+            flow.request.stream = ChunkStream(resigner, req.path)
             flow.metadata["s3proxy_chunks"] = flow.request.stream
+
+    async def _decide(self, req: Request, now: datetime) -> Decision:
+        """The engine's decision with learned bucket regions. For the legacy global host with no region in
+        the request, S3 is asked for the bucket's region first (`upstream.discover_region`; see
+        s3proxy.regions for why this and not a retry)."""
+        assert self.engine is not None and self.config is not None
+        decision = self.engine.decide(req, now, learned_region=self.regions.get)
+        bucket = decision.plan.bucket
+        if (
+            decision.plan.region_source != "default_region"
+            or not bucket
+            or not self.config.upstream.discover_region
+            or self.regions.known(bucket)
+        ):
+            return decision
+        endpoint = self.config.endpoints.get(self.config.default_region)
+        if endpoint is None or self.upstreams is None:
+            return decision
+        task = self._discovering.get(bucket)
+        if task is None:
+            upstreams, timeout = self.upstreams, self.config.upstream.connect_timeout * 2
+            task = asyncio.get_running_loop().create_task(upstreams.bucket_region(endpoint, bucket, timeout))
+            self._discovering[bucket] = task
+            task.add_done_callback(lambda _t: self._discovering.pop(bucket, None))
+        # shield: a client that goes away must not cancel the probe other requests wait for.
+        region = await asyncio.shield(task)
+        if region is None:
+            self.regions.learn_unknown(bucket)
+            return decision
+        if self.regions.learn(bucket, region):
+            log.info("bucket %s is in %s (asked S3)", bucket, region)
+        return self.engine.decide(req, now, learned_region=self.regions.get)
+
+    def _arm_deadline(self, flow: http.HTTPFlow) -> None:
+        """upstream.request_timeout: past it the client connection (and its upstream ones) is closed, so a
+        transfer in progress ends as a cut connection, never as a short complete one."""
+        limit = self.config.upstream.request_timeout if self.config is not None else 0.0
+        if limit <= 0 or flow.id in self._deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        self._deadlines[flow.id] = loop.call_later(limit, lambda: loop.create_task(self._expire(flow, limit)))
+
+    def _disarm_deadline(self, flow: http.HTTPFlow) -> None:
+        handle = self._deadlines.pop(flow.id, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _expire(self, flow: http.HTTPFlow, limit: float) -> None:
+        if self._deadlines.pop(flow.id, None) is None:
+            return
+        log.warning(
+            "request %s %s exceeded upstream.request_timeout (%gs): connection closed",
+            flow.request.method,
+            _loggable(flow.request.path)[:200],
+            limit,
+        )
+        # mitmproxy cannot kill a flow in transit (flow.kill() is only honoured at hook boundaries); close
+        # the client connection the way its own inactivity timeout does, which also closes the upstream ones.
+        server = ctx.master.addons.get("proxyserver")
+        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+        if handler is not None:
+            await handler.on_timeout()
 
     def _point(self, flow: http.HTTPFlow, decision: Decision, address: str, port: int) -> None:
         r = flow.request
@@ -339,13 +560,15 @@ class S3Proxy:
         )
         r.stream = True
         setattr(flow.client_conn, _POINTED, True)
+        self._arm_deadline(flow)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server: Server = data.server
         if self.upstreams is not None and server.address is not None:
             # A new connection to an endpoint: prove a candidate first (failover happens here, before any
             # byte of the request is sent); if none is reachable, refuse with a reason naming the endpoint.
-            reason = await self.upstreams.check_route(str(server.address[0]))
+            pool = self.upstreams_for(str(server.address[0])) or self.upstreams
+            reason = await pool.check_route(str(server.address[0]))
             if reason is not None:
                 server.error = reason
                 return
@@ -360,6 +583,21 @@ class S3Proxy:
             # refused here instead.
             log.warning("refused non-S3 connection to %s (non_s3: deny)", server.address)
             server.error = "non_s3 is 'deny': s3proxy only carries S3 traffic"
+            return
+        if (
+            self.config is not None
+            and server.address is not None
+            and not getattr(data.client, _POINTED, False)
+        ):
+            # A tunnel (never decrypted): check every address the name resolves to now, and connect to the
+            # address that was checked, so DNS cannot answer differently between check and connect.
+            host, port = str(server.address[0]), int(server.address[1])
+            reason, address = await self._tunnel_refusal(host, port)
+            if reason is not None:
+                log.warning("refused tunnel to %s:%s: %s", host[:255], port, reason)
+                server.error = f"s3proxy does not open tunnels there: {reason}"
+            elif address is not None and guard.parse_address(host) is None:
+                server.address = (address, port)
 
     def tls_failed_server(self, data: Any) -> None:
         # The certificate or handshake of one endpoint address failed on a real connection: bench it so the
@@ -374,8 +612,24 @@ class S3Proxy:
         chunks = flow.metadata.get("s3proxy_chunks")
         # After a failed chunk the (small) upstream error is read whole and replaced in `response`.
         flow.response.stream = not (isinstance(chunks, ChunkStream) and chunks.error is not None)
+        self._learn_region(flow)
+
+    def _learn_region(self, flow: http.HTTPFlow) -> None:
+        """Remember the bucket's region when S3 names it (any response, including 301/400 redirects)."""
+        decision = flow.metadata.get("s3proxy")
+        if flow.response is None or not isinstance(decision, Decision) or not decision.plan.bucket:
+            return
+        fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in flow.response.headers.fields]
+        region = region_from_headers(fields)
+        if region is not None and self.regions.get(decision.plan.bucket) != region:
+            self.regions.learn(decision.plan.bucket, region)
+            log.info("bucket %s is in %s (learned from a response)", decision.plan.bucket, region)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._disarm_deadline(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._disarm_deadline(flow)
         chunks = flow.metadata.get("s3proxy_chunks")
         if isinstance(chunks, ChunkStream) and chunks.error is not None:
             # Never present an upload as stored when a chunk failed verification: say why it failed.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -45,11 +46,15 @@ def basic_user(header: str | None, access: AccessConfig) -> str | None:
     username, sep, password = decoded.partition(":")
     if not sep:
         return None
-    for user in access.users:
-        # Check every entry so timing does not reveal which usernames exist.
-        if user.username == username and verify_password(password, user.password_hash):
-            return username
-    return None
+    # Exactly one password hash is computed whether or not the username exists (an unknown name is checked
+    # against the first entry's hash and always fails), so timing does not reveal which usernames exist.
+    wanted = username.encode("utf-8", "surrogateescape")
+    match = next((u for u in access.users if hmac.compare_digest(u.username.encode(), wanted)), None)
+    if match is None:
+        if access.users:
+            verify_password(password, access.users[0].password_hash)
+        return None
+    return username if verify_password(password, match.password_hash) else None
 
 
 def check_client(address: str, access: AccessConfig) -> Refusal | None:

@@ -43,7 +43,7 @@ def report_policies(config: Config, out: TextIO) -> None:
     p = config.policy
     if not p.configured:
         if p.mode != "off":
-            print(f"policy: policy_mode is {p.mode!r} but no policy is configured: nothing to check", file=out)
+            print(f"policy: policy_mode {p.mode!r} but no policy is configured: nothing to check", file=out)
         return
     from s3proxy.policy_lint import lint
 

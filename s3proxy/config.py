@@ -82,6 +82,17 @@ class UpstreamConfig:
     # A new upstream connection first proves its address with a TCP+TLS probe unless one succeeded within
     # this many seconds (0: every new connection), so a dead address is skipped before any request byte.
     verify_interval: float = 0.0
+    # A client connection (and its upstream connections) on which no byte moved either way for this long is
+    # closed: a response stalled mid-body reaches the client as a cut connection, never as a complete one.
+    idle_timeout: float = 120.0
+    # Whole-request limit from request headers to the end of the response; 0 = none (a large transfer
+    # takes as long as it takes; idle_timeout still catches a stalled one).
+    request_timeout: float = 0.0
+    # Legacy global host, bucket region unknown (SigV2, anonymous, not in `buckets`): ask S3 with one
+    # anonymous `HEAD /BUCKET` at the default region's endpoint (cached) instead of guessing default_region.
+    discover_region: bool = True
+    region_cache_ttl: float = 3600.0  # learned bucket regions are trusted this long
+    region_cache_size: int = 10000  # at most this many buckets (least recently used dropped first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +576,16 @@ def _dns(node: _Node | None) -> DNSConfig:
 def _upstream(node: _Node | None) -> UpstreamConfig:
     if node is None:
         return UpstreamConfig()
-    keys = ("connect_timeout", "bench_seconds", "verify_interval")
+    keys = (
+        "connect_timeout",
+        "bench_seconds",
+        "verify_interval",
+        "idle_timeout",
+        "request_timeout",
+        "discover_region",
+        "region_cache_ttl",
+        "region_cache_size",
+    )
     node.mapping(keys)
     d = UpstreamConfig()
 
@@ -573,10 +593,19 @@ def _upstream(node: _Node | None) -> UpstreamConfig:
         n = node.get(key, keys)
         return n.number(minimum=minimum) if n else default
 
+    dn = node.get("discover_region", keys)
+    if dn is not None and not isinstance(dn.value, bool):
+        dn.fail("must be true or false")
+    size = node.get("region_cache_size", keys)
     return UpstreamConfig(
         num("connect_timeout", d.connect_timeout, 0.01),
         num("bench_seconds", d.bench_seconds, 0),
         num("verify_interval", d.verify_interval, 0),
+        idle_timeout=num("idle_timeout", d.idle_timeout, 1),
+        request_timeout=num("request_timeout", d.request_timeout, 0),
+        discover_region=d.discover_region if dn is None else bool(dn.value),
+        region_cache_ttl=num("region_cache_ttl", d.region_cache_ttl, 0),
+        region_cache_size=int(size.number(minimum=1, integer=True)) if size else d.region_cache_size,
     )
 
 

@@ -25,6 +25,9 @@ from s3proxy.signing import Signer, SignOutcome, Target, resign
 
 Action = Literal["forward", "reject", "passthrough"]
 policy_log = logging.getLogger("s3proxy.policy")
+# Families whose bucket/key (or access point) the name and path tell: the policy check knows their resources.
+# The others (a vpce name sent directly, FIPS, website, ... passed through) are reported as not checked.
+_POLICY_FAMILIES = frozenset({"virtual-hosted", "path-style", "list-buckets", "access-point", "s3-control"})
 
 # Hop-by-hop and proxy headers never go upstream (RFC 9110 7.6.1). `X-Forwarded-*` is never added:
 # some S3 implementations trust it when computing the signed host.
@@ -160,6 +163,9 @@ class Engine:
         if not settings.configured or (settings.mode == "off" and not self.explain):
             return d
         p = d.plan
+        if p.family not in _POLICY_FAMILIES:
+            why = f"{p.family} requests: the bucket is not known from the name; not checked"
+            return replace(d, policy=PolicyDecision("not-denied", reason=why))
         pd = check_request(
             method=d.method,
             family=p.family,
@@ -198,7 +204,7 @@ class Engine:
                 req.host,
                 req.path,
                 pd.reason,
-                f" (statement {pd.sid!r} in the {pd.basis[0].document})" if pd.basis else "",
+                f" (statement {pd.sid!r})" if pd.sid else "",
             )
         return d
 

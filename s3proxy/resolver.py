@@ -397,6 +397,8 @@ class ResolverCore:
             failed = [r for r in results if isinstance(r, _Failed)]
             detail = "; ".join(f"{c.name}: {r.reason}" for c, r in zip(cands, failed, strict=True))
             last = failed[-1]
+            if len(cands) > 1 and last.detail:
+                detail += f" (last: {last.detail})"  # which nameservers did what
             raise DnsFailure(cands[-1].name, last.reason, detail if len(cands) > 1 else last.detail)
         live = [t for t in targets.values() if not self.is_benched(t.address)]
         if live:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from s3proxy.endpoint import Endpoint, HostKind
 from s3proxy.errors import S3Error
+from s3proxy.regions import discovery_request, region_from_response_head
 from s3proxy.resolver import DnsFailure, Resolver, Target
 
 log = logging.getLogger("s3proxy.upstream")
@@ -211,6 +212,40 @@ class Upstreams:
             return None
         self.stats.probe_failures += 1
         return error
+
+    async def bucket_region(self, endpoint: Endpoint, bucket: str, timeout: float) -> str | None:
+        """Ask S3 which region `bucket` is in: one anonymous `HEAD /BUCKET` at `endpoint`, read only the
+        response head. S3 names the region in `x-amz-bucket-region` on the 200, and on the 403 and 301 it
+        answers when the bucket is private or elsewhere. None when it did not say (or did not answer)."""
+        name = endpoint.host("bucket")
+        try:
+            targets = await self.usable(endpoint, "bucket", probe=True)
+        except (DnsFailure, NoUsableAddress) as e:
+            log.warning("region discovery for bucket %s skipped: %s", bucket, e)
+            return None
+        host = name if endpoint.port == 443 else f"{name}:{endpoint.port}"
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    targets[0].address, endpoint.port, ssl=self.ssl_context, server_hostname=name
+                )
+                try:
+                    writer.write(discovery_request(bucket, host))
+                    head = await reader.readuntil(b"\r\n\r\n")
+                finally:
+                    writer.close()
+        except (
+            OSError,
+            ssl.SSLError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as e:
+            log.warning(
+                "region discovery for bucket %s at %s failed: %s", bucket, name, e or type(e).__name__
+            )
+            return None
+        return region_from_response_head(head)
 
 
 def upstream_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:

@@ -891,6 +891,12 @@ def base_proxy_config(backend: S3Backend, workdir: Path, port: int) -> dict[str,
         },
         "dns": {"nameservers": [backend.dns.address]},
         "tls": {"ca_dir": str(workdir / "ca"), "upstream_ca_bundle": str(backend.certs.ca_cert)},
+        # Off in the shared base so tests can count exactly the requests a client caused upstream; the
+        # region tests (test_regions.py) turn it on (the product default).
+        "upstream": {"discover_region": False},
+        # Every stand-in site of the tests lives on loopback, which tunnels may not reach by default
+        # (tests/e2e/test_abuse.py checks that default with this key removed).
+        "tunnel_allow": ["127.0.0.0/8"],
         "signing": {
             "mode": "keyring",
             "keys": [
