@@ -124,6 +124,10 @@ class Operations:
         self.admin: admin.AdminServer | None = None
         self.admin_listen: tuple[str, int] | None = None
         self.fatal: str | None = None  # why the process must exit non-zero (e.g. the admin port is taken)
+        # `workers: N` (s3proxy.runner): only worker 0 serves the admin listener, and its /metrics is
+        # `render_metrics`, which the runner replaces with one that merges every worker's (label `worker`).
+        self.serve_admin = True
+        self.render_metrics: Callable[[], bytes] = self.metrics.render
         self._tasks: set[asyncio.Task[None]] = set()
         self._file_stat: tuple[str, int, int, int] | None = None
         self._file_hash: bytes | None = None
@@ -162,6 +166,7 @@ class Operations:
         if config is None:
             return
         self._read_ca_expiry(config)
+        self._count_learned_regions()
         if config.admin.listen is not None:
             await self._start_admin(config.admin.listen)
         if ctx.options.s3proxy_config:
@@ -175,8 +180,11 @@ class Operations:
             self.admin = None
 
     async def _start_admin(self, listen: tuple[str, int]) -> None:
+        if not self.serve_admin:
+            self.admin_listen = listen  # served by worker 0; requests to it are still refused here
+            return
         server = admin.AdminServer(
-            metrics=self.metrics.render,
+            metrics=self.render_metrics,
             metrics_content_type=self.metrics.content_type,
             ready=self.readiness,
             pac=self.pac_text,
@@ -195,9 +203,26 @@ class Operations:
     async def _restart_admin(self, listen: tuple[str, int] | None) -> None:
         if self.admin is not None:
             await self.admin.close()
-            self.admin, self.admin_listen = None, None
+        self.admin, self.admin_listen = None, None
         if listen is not None:
             await self._start_admin(listen)
+
+    def _count_learned_regions(self) -> None:
+        """s3proxy_redirects_learned_total: count each bucket region S3 told the proxy (redirect or
+        discovery), as S3Proxy's region cache learns it."""
+        regions = getattr(self.proxy, "regions", None)
+        learn = getattr(regions, "learn", None)
+        if learn is None or getattr(learn, "_s3proxy_counted", False):
+            return
+
+        def counted(bucket: str, region: str) -> bool:
+            learned = bool(learn(bucket, region))
+            if learned:
+                self.metrics.redirect_learned()
+            return learned
+
+        counted._s3proxy_counted = True  # type: ignore[attr-defined]
+        regions.learn = counted  # type: ignore[union-attr]
 
     def _read_ca_expiry(self, config: Config) -> None:
         try:
@@ -262,6 +287,7 @@ class Operations:
         for what, before, after in (
             ("listen", old.listen, new.listen),
             ("tls.ca_dir", old.tls.ca_dir, new.tls.ca_dir),
+            ("workers", old.workers, new.workers),
         ):
             if before != after:
                 log.warning("%s changed: takes effect at the next restart (still using %s)", what, before)

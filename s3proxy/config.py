@@ -193,6 +193,9 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     # Destinations a non-S3 tunnel may reach although they are loopback, link-local or this host's own.
     tunnel_allow: tuple[IPNetwork, ...] = ()
+    # Proxy processes sharing the listening port (SO_REUSEPORT); None: one per CPU core the process may
+    # use (s3proxy.runner.default_workers).
+    workers: int | None = None
 
     def unsupported_action(self, family: str) -> Action:
         return self.unsupported.get(family, "reject")
@@ -315,6 +318,7 @@ _TOP_KEYS = (
     "bucket_accounts",
     "limits",
     "tunnel_allow",
+    "workers",
 )
 _ENDPOINT_KEYS = ("dns_name", "zones", "prefer_zone", "port", "policy", "vpc_id")
 _SIGNING_KEYS = ("mode", "keys", "keys_file", "profiles", "identity_profile")
@@ -956,7 +960,14 @@ def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) ->
         policy=_policy_settings(get, endpoint_policies, vpc_ids, base_dir, environ),
         limits=_limits(get("limits")),
         tunnel_allow=_networks(get("tunnel_allow")),
+        workers=_workers(get("workers")),
     )
+
+
+def _workers(node: _Node | None) -> int | None:
+    if node is None or node.value in (None, "auto"):
+        return None
+    return int(node.number(minimum=1, maximum=256, integer=True))
 
 
 _BUCKET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")

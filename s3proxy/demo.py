@@ -5,7 +5,7 @@ SeaweedFS serving the interface endpoint names over TLS with a throwaway CA, and
 those names with 127.0.0.1. Then start the real `s3proxy run` with a generated config pointing at them,
 and drive unmodified clients through it (the AWS CLI, boto3, curl), configured only the way a legacy
 application would be: HTTPS_PROXY, AWS_CA_BUNDLE and access keys. For each step the proxy's own
-per-request log line (S3PROXY_LOG_LEVEL=info) shows what the application asked for and what went
+per-request debug line (S3PROXY_LOG_LEVEL=debug) shows what the application asked for and what went
 upstream.
 
 Everything lives in one temporary directory and in process groups this command started; all of it is
@@ -191,7 +191,7 @@ class Demo:
         from s3proxy.standin.procs import clean_client_env, wait_for_port
 
         env = clean_client_env()
-        env.update(S3PROXY_LOG_LEVEL="info", PYTHONUNBUFFERED="1")
+        env.update(S3PROXY_LOG_LEVEL="debug", PYTHONUNBUFFERED="1")
         with self.log_path.open("wb") as log:
             self.proxy = subprocess.Popen(
                 [sys.executable, "-m", "s3proxy.cli", "run", "--config", str(self.config_path)],

@@ -146,7 +146,8 @@ def check_authority(host_header: str | None, target_host: str, sni: str | None) 
             f"The Host header ({host[:255]}) does not match the TLS server name ({sni[:255]}).",
         )
     target = normalize_authority(target_host)
-    if target and parse_address(target) is None and target != host:
+    # Compared first: parsing an address (an exception for every name) is needed only when they differ.
+    if target and target != host and parse_address(target) is None:
         return S3Error(
             400,
             "InvalidRequest",

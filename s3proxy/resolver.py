@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -203,6 +204,12 @@ def candidates(endpoint: Endpoint, kind: HostKind, host: str | None = None) -> l
         if first:
             zones = [first, *(z for z in zones if z != first)]
     return [*(Candidate(endpoint.host(kind, z), z) for z in zones), Candidate(endpoint.host(kind))]
+
+
+@functools.lru_cache(maxsize=1024)
+def _candidates(endpoint: Endpoint, kind: HostKind, host: str | None) -> tuple[Candidate, ...]:
+    """`candidates`, memoized: the same few endpoint names are asked for on every request."""
+    return tuple(candidates(endpoint, kind, host))
 
 
 def load_system_nameservers() -> tuple[Nameserver, ...]:
@@ -500,9 +507,15 @@ class Resolver(ResolverCore):
         """Addresses to connect to for `host` (default the regional `<kind>.VPCE`), best first, benched
         ones left out; every candidate is resolved at once so failover has the whole list. Raises
         DnsFailure (naming the regional name) only when no candidate resolved."""
-        cands = candidates(endpoint, kind, host)
-        results = await asyncio.gather(*(self._result(c.name) for c in cands))
-        return self._choose(cands, results)
+        cands = _candidates(endpoint, kind, host)
+        # Every request of a busy proxy gets here with all answers cached: no task per candidate then.
+        cached = [self._cached(c.name) for c in cands]
+        missing = [i for i, r in enumerate(cached) if r is None]
+        if missing:
+            fetched = await asyncio.gather(*(self._result(cands[i].name) for i in missing))
+            for i, r in zip(missing, fetched, strict=True):
+                cached[i] = r
+        return self._choose(cands, [r for r in cached if r is not None])
 
     async def _result(self, key: str) -> _Result:
         cached = self._cached(key)

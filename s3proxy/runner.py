@@ -13,14 +13,19 @@ Options that matter and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
+from s3proxy import workers
 from s3proxy.config import Config
 from s3proxy.hosts import S3_CONNECT_PATTERN
 
@@ -73,13 +78,16 @@ def configure_access_log(stream: TextIO) -> None:
     access.propagate = False
 
 
+def default_workers() -> int:
+    """`workers: auto`: one worker per CPU core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def run(config: Config, config_path: str) -> int:
     """Run the proxy until SIGINT/SIGTERM. Returns the process exit code."""
-    from mitmproxy import exceptions, options
-    from mitmproxy.tools.dump import DumpMaster
-
-    from addons.s3proxy_addon import S3Proxy
-    from addons.s3proxy_ops import Operations
     from s3proxy.ca import key_permission_problem
 
     # The CA key lets whoever reads it impersonate every S3 name to every client that trusts the CA.
@@ -88,13 +96,149 @@ def run(config: Config, config_path: str) -> int:
         print(f"s3proxy: refusing to start: {problem}", file=sys.stderr)
         return 2
     config.tls.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.umask(0o077)  # the CA key mitmproxy writes must not be group/world readable
+    count = config.workers or default_workers()
+    if count <= 1 or not workers.supported():
+        return serve(config, config_path)
+    # Every worker must present the same CA: create it once, before any worker starts.
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME
+
+    certs.CertStore.from_store(config.tls.ca_dir, CONF_BASENAME, 2048)
+    taken = workers.port_problem(config.listen.host, config.listen.port)
+    if taken:
+        listen = f"{config.listen.host}:{config.listen.port}"
+        print(f"s3proxy: cannot listen on {listen}: {taken}", file=sys.stderr)
+        return 1
+    print(
+        f"s3proxy listening on {config.listen.host}:{config.listen.port} with {count} workers "
+        f"(CA: {config.tls.ca_dir / 'mitmproxy-ca-cert.pem'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Workers publish their metrics here for worker 0's admin listener (see share_metrics).
+    runtime = Path(tempfile.mkdtemp(prefix="s3proxy-workers-"))
+    try:
+        return workers.supervise(
+            count, lambda index: serve(config, config_path, worker=index, count=count, runtime=runtime)
+        )
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+METRICS_PUBLISH_SECONDS = 2.0
+
+
+def share_metrics(ops: Any, worker: int, count: int, runtime: Path) -> asyncio.Task[None] | None:
+    """`workers: N`: worker 0 alone serves the admin listener; its /metrics merges every worker's metrics
+    (each sample labelled `worker`), which the others publish to `runtime` every METRICS_PUBLISH_SECONDS.
+    The other workers still refuse requests aimed at the admin listener."""
+    if worker == 0:
+        ops.render_metrics = lambda: workers.merge_metrics(
+            workers.read_metrics(runtime, 0, ops.metrics.render(), count)
+        )
+        return None
+    ops.serve_admin = False
+
+    async def publish() -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                workers.write_metrics(runtime, worker, ops.metrics.render())
+            await asyncio.sleep(METRICS_PUBLISH_SECONDS)
+
+    return asyncio.get_running_loop().create_task(publish())
+
+
+def share_listen_port() -> None:
+    """Give every listener mitmproxy opens for its proxy modes SO_REUSEPORT, so the workers of `workers: N`
+    each open their own socket on the same port and the kernel spreads connections across them. Scoped to
+    mitmproxy's mode servers (which call `asyncio.start_server`); s3proxy's admin listener is unaffected."""
+    from mitmproxy.proxy import mode_servers
+
+    class _ReusePortAsyncio:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        @staticmethod
+        async def start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+            kwargs.setdefault("reuse_port", True)
+            return await asyncio.start_server(*args, **kwargs)
+
+    setattr(mode_servers, "asyncio", _ReusePortAsyncio())  # noqa: B010 - the module's own name for asyncio
+
+
+# mitmproxy reads at most this much per socket read (its own constant); see tune_mitmproxy.
+MITMPROXY_READ_SIZE = 65535
+READ_SIZE = 256 * 1024
+
+
+def lean_master(opts: Any) -> Any:
+    """mitmproxy with only the addons a forwarding proxy uses. `DumpMaster` loads ~35 (onboarding app,
+    map/modify/replay, cookies, HAR export, ...), and every hook of every flow visits each of them inside
+    a context manager: measured as most of mitmproxy's own per-request cost (bench/README.md). Kept: the
+    core options and commands, the proxy server, layer selection, TLS, block (mitmproxy's refusal of
+    public client addresses, a second line behind access.allow_clients), h2c refusal and the startup error
+    check."""
+    from mitmproxy import master
+    from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+
+    if os.environ.get("S3PROXY_FULL_MITMPROXY"):
+        from mitmproxy.tools.dump import DumpMaster
+
+        return DumpMaster(opts, with_termlog=True, with_dumper=False)
+    m = master.Master(opts, with_termlog=True)
+    m.addons.add(
+        core.Core(),
+        block.Block(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        disable_h2c.DisableH2C(),
+        errorcheck.ErrorCheck(),
+    )
+    return m
+
+
+def tune_mitmproxy() -> None:
+    """Larger socket reads: mitmproxy reads every connection `MITMPROXY_READ_SIZE` bytes at a time and
+    pushes each read through its whole layer stack (TLS, HTTP, hooks); a large body costs per read, not
+    per byte. asyncio's transport already receives up to 256 KiB per syscall, so taking what is buffered
+    (up to READ_SIZE) moves the same bytes in a quarter of the passes. Only reads of exactly mitmproxy's
+    size are widened; anything else reading a StreamReader is unaffected."""
+    if os.environ.get("S3PROXY_NO_TUNE"):
+        return
+    original = asyncio.StreamReader.read
+    if getattr(original, "_s3proxy", False):
+        return
+
+    async def read(self: asyncio.StreamReader, n: int = -1) -> bytes:
+        return await original(self, READ_SIZE if n == MITMPROXY_READ_SIZE else n)
+
+    read._s3proxy = True  # type: ignore[attr-defined]
+    asyncio.StreamReader.read = read  # type: ignore[method-assign]
+
+
+def serve(
+    config: Config, config_path: str, worker: int | None = None, count: int = 1, runtime: Path | None = None
+) -> int:
+    """One proxy process (`worker`: its index of `count` under `workers: N`, None when it is the only one;
+    `runtime`: the directory the workers share)."""
+    from mitmproxy import exceptions, options
+
+    from addons.s3proxy_addon import S3Proxy
+    from addons.s3proxy_ops import Operations
+
+    if worker is not None:
+        share_listen_port()
+    tune_mitmproxy()
 
     async def main() -> int:
         opts = options.Options()
-        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        master = lean_master(opts)
         proxy = S3Proxy()
         ops = Operations(proxy)  # after S3Proxy: its hooks see what S3Proxy decided for each flow
         master.addons.add(proxy, ops)
+        publishing = share_metrics(ops, worker, count, runtime) if worker is not None and runtime else None
         try:
             level = log_level(config, os.environ)
             # Only s3proxy's own loggers are raised; mitmproxy's stay at the root's WARNING.
@@ -113,17 +257,19 @@ def run(config: Config, config_path: str) -> int:
             loop.add_signal_handler(signal.SIGHUP, ops.request_reload, "SIGHUP")
         if hasattr(signal, "SIGPIPE"):
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        print(
-            f"s3proxy listening on {config.listen.host}:{config.listen.port} "
-            f"(CA: {config.tls.ca_dir / 'mitmproxy-ca-cert.pem'})",
-            file=sys.stderr,
-            flush=True,
-        )
+        if worker is None:
+            print(
+                f"s3proxy listening on {config.listen.host}:{config.listen.port} "
+                f"(CA: {config.tls.ca_dir / 'mitmproxy-ca-cert.pem'})",
+                file=sys.stderr,
+                flush=True,
+            )
         await master.run()
+        if publishing is not None:
+            publishing.cancel()
         if ops.fatal:
             print(f"s3proxy: {ops.fatal}", file=sys.stderr)
             return 1
         return 0
 
-    os.umask(0o077)  # the CA key mitmproxy writes must not be group/world readable
     return asyncio.run(main())

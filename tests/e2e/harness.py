@@ -897,6 +897,9 @@ def base_proxy_config(backend: S3Backend, workdir: Path, port: int) -> dict[str,
         # Every stand-in site of the tests lives on loopback, which tunnels may not reach by default
         # (tests/e2e/test_abuse.py checks that default with this key removed).
         "tunnel_allow": ["127.0.0.0/8"],
+        # One process, so a test sees every request in one log and one set of metrics at once; the default
+        # (one worker per core) is exercised by tests/e2e/test_workers.py.
+        "workers": 1,
         "signing": {
             "mode": "keyring",
             "keys": [

@@ -538,3 +538,21 @@ def test_trailer_larger_than_max_trailer_size_is_refused(strict: ProxyProcess, s
     assert "256" in reply.error()["Message"]
     assert s3_backend.object_sha256(BUCKET, "big-trailer") is None
     good_get(strict)
+
+
+# --- a malicious S3 look-alike ------------------------------------------------------------------------------
+
+
+def test_endpoint_with_an_untrusted_certificate_gets_no_request(
+    proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend, tiny_site: TinyTlsSite
+) -> None:
+    """DNS spoofing or a look-alike at the endpoint's address: its certificate does not chain to the
+    trusted CA (here: the proxy trusts another CA than the one the endpoint's certificate is from), so
+    the TLS handshake fails and not one byte of the request (Authorization, body) is sent to it."""
+    proxy = proxy_factory({"tls": {"upstream_ca_bundle": str(tiny_site.ca_path)}})
+    mark = s3_backend.mark()
+    url = f"https://{HOST}/ok"
+    reply = send(proxy, "GET", url, sigv4_sign(ADMIN, "GET", url, {}))
+    assert reply.status == 503, reply
+    assert reply.error()["Code"] == "ServiceUnavailable"
+    assert s3_backend.upstream_requests(mark) == []

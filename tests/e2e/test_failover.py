@@ -107,14 +107,17 @@ def test_dead_zonal_address_fails_over_and_is_retried_after_its_bench_time(
         assert get_with_new_connection(proxy) == b"served"
     # Every request went to the next candidate, and the dead address was probed once, not per request.
     assert served_by(s3_backend, mark) == [ZONE_B] * 4
-    assert bench_count(proxy, ZONE_A) == 1
-    assert time.monotonic() - started < BENCH + 2  # a hang costs one connect_timeout, not one per request
+    took = time.monotonic() - started
+    assert took < 4 * 0.5 + 3  # a hang costs one connect_timeout (0.5 s), not one per request
+    # Probed once per bench period, not once per request (a slow machine may have started a second).
+    assert bench_count(proxy, ZONE_A) <= 1 + int(took // BENCH)
     if mode == "badcert":
         assert "certificate" in proxy.logs()
     # Still dead after the bench time: probed again (once), and requests still succeed.
+    benched = bench_count(proxy, ZONE_A)
     time.sleep(BENCH + 0.1)
     assert get_with_new_connection(proxy) == b"served"
-    assert bench_count(proxy, ZONE_A) == 2
+    assert bench_count(proxy, ZONE_A) == benched + 1
     # Back up: after its bench time the preferred zone serves again.
     s3_backend.tap.set_mode("up", [ZONE_A])
     time.sleep(BENCH + 0.1)

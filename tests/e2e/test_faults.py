@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     EndpointConnectionError,
     IncompleteReadError,
+    ProxyConnectionError,
     ReadTimeoutError,
     ResponseStreamingError,
 )
@@ -42,6 +43,7 @@ CUT_ERRORS = (
     ResponseStreamingError,
     ConnectionClosedError,
     EndpointConnectionError,
+    ProxyConnectionError,  # the proxy reset the connection while the client was still sending
     ClientError,
 )
 
@@ -173,9 +175,7 @@ def test_client_disconnect_mid_upload_aborts_the_upstream_request(
     k = key()
     size = 8 * MB
     url = f"https://{BUCKET}.s3.us-east-1.amazonaws.com/{k}"
-    headers = sigv4_sign(
-        ADMIN, "PUT", url, {"Content-Length": str(size)}, payload="UNSIGNED-PAYLOAD"
-    )
+    headers = sigv4_sign(ADMIN, "PUT", url, {"Content-Length": str(size)}, payload="UNSIGNED-PAYLOAD")
     conn = http.client.HTTPSConnection(
         fault_proxy.host, fault_proxy.port, timeout=10, context=client_context(fault_proxy.ca_cert)
     )
