@@ -458,7 +458,8 @@ class S3Proxy:
         now = datetime.fromtimestamp(self.clock(), UTC)
         decision = await self._decide(req, now)
         flow.metadata["s3proxy"] = decision
-        log.debug("%s", describe(req, decision))  # the access log has one line per request at info
+        if log.isEnabledFor(logging.DEBUG):  # describe() formats the whole request: only when shown
+            log.debug("%s", describe(req, decision))  # the access log has one line per request at info
         if decision.action == "reject":
             assert decision.error is not None
             flow.response = error_response(decision.error.with_resource(req.path))
@@ -627,6 +628,22 @@ class S3Proxy:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._disarm_deadline(flow)
+        if flow.request.timestamp_end is None and flow.response is None and flow.client_conn.id:
+            # The endpoint failed while the client was still sending the body. mitmproxy then closes the
+            # client connection gracefully, which waits for its last bytes to be read - by a client that
+            # is blocked sending a body nobody reads: both wait until the client's own timeout. Abort
+            # instead (RST): the client's send fails at once, and the descriptor is freed.
+            transport = self._client_transport(flow)
+            if transport is not None:
+                transport.abort()
+
+    @staticmethod
+    def _client_transport(flow: http.HTTPFlow) -> asyncio.WriteTransport | None:
+        server = ctx.master.addons.get("proxyserver")
+        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+        io = getattr(handler, "transports", {}).get(flow.client_conn)
+        transport = getattr(getattr(io, "writer", None), "transport", None)
+        return transport if isinstance(transport, asyncio.WriteTransport) else None
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._disarm_deadline(flow)

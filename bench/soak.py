@@ -260,6 +260,13 @@ def main() -> int:
     ap.add_argument("--large-ratio", type=float, default=0.02)
     ap.add_argument("--fd-slack", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1, help="proxy worker processes (`workers:`)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the load this many times on one proxy: RSS after each "
+        "round should level off (a leak keeps growing)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = ap.parse_args()
 
@@ -270,22 +277,26 @@ def main() -> int:
             backend.direct_client().create_bucket(Bucket="soak")
             overrides = {"workers": args.workers}
             with running_proxy(backend, Path(tmp) / "proxy", overrides) as proxy:
-                result = soak(
-                    proxy,
-                    "soak",
-                    clients=args.clients,
-                    duration=args.duration,
-                    large_mb=args.large_mb,
-                    large_ratio=args.large_ratio,
-                )
                 assert proxy.proc is not None
-                result.fds_end = wait_for_fds(proxy.proc.pid, result.fds_start + args.fd_slack, 10)
-    print(result.text())
-    for sample in result.error_samples:
-        print("  error:", sample)
-    if args.json:
-        print(json.dumps(asdict(result)))
-    failed = result.errors > 0 or result.fds_end > result.fds_start + args.fd_slack
+                fds_before = open_fds(proxy.proc.pid)
+                failed = False
+                for n in range(args.rounds):
+                    result = soak(
+                        proxy,
+                        "soak",
+                        clients=args.clients,
+                        duration=args.duration,
+                        large_mb=args.large_mb,
+                        large_ratio=args.large_ratio,
+                        seed=n + 1,
+                    )
+                    result.fds_end = wait_for_fds(proxy.proc.pid, fds_before + args.fd_slack, 10)
+                    print(f"round {n + 1}: {result.text()}", flush=True)
+                    for sample in result.error_samples:
+                        print("  error:", sample)
+                    if args.json:
+                        print(json.dumps(asdict(result)))
+                    failed |= result.errors > 0 or result.fds_end > fds_before + args.fd_slack
     return 1 if failed else 0
 
 

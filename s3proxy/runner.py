@@ -7,7 +7,11 @@ Options that matter and why:
   public endpoint for its certificate;
 - `allow_hosts` = the S3 name pattern: every other CONNECT is tunnelled as raw TCP and never decrypted;
 - upstream TLS always verified (`ssl_insecure` stays False), optionally against `tls.upstream_ca_bundle`;
-- the proxy CA lives in `tls.ca_dir` (mitmproxy's confdir layout: `mitmproxy-ca.pem` holds key + cert).
+- the proxy CA lives in `tls.ca_dir` (mitmproxy's confdir layout: `mitmproxy-ca.pem` holds key + cert);
+- a lean mitmproxy (`lean_master`: only the addons a forwarding proxy uses) with larger socket reads
+  (`tune_mitmproxy`); flows are never retained;
+- `workers: N` processes share the port (SO_REUSEPORT, s3proxy.workers); worker 0 serves the admin
+  listener, and its /metrics carries every worker's metrics labelled `worker` (`share_metrics`).
 """
 
 from __future__ import annotations

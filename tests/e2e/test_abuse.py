@@ -30,7 +30,7 @@ from e2e.authkit import (
     signed_chunked_request,
     sigv4_sign,
 )
-from e2e.harness import ADMIN, ProxyProcess, S3Backend
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, free_ports
 from s3proxy.rewrite import is_dns_safe_bucket
 
 BUCKET = "e2e-abuse"
@@ -236,7 +236,8 @@ def test_connect_to_internal_destinations_is_refused(
 def test_tunnel_allow_opens_loopback_but_never_the_proxy_itself(
     proxy_factory: Callable[..., ProxyProcess], tiny_site: TinyTlsSite
 ) -> None:
-    proxy = proxy_factory({"tunnel_allow": ["127.0.0.0/8"], "admin": {"listen": "127.0.0.1:1"}})
+    admin_port = free_ports(1)[0]
+    proxy = proxy_factory({"tunnel_allow": ["127.0.0.0/8"], "admin": {"listen": f"127.0.0.1:{admin_port}"}})
     # Allowed: tunnelled untouched (the site's own certificate; the proxy never decrypts it).
     sock, refused = connect(proxy, f"127.0.0.1:{tiny_site.port}")
     assert refused is None
@@ -246,7 +247,7 @@ def test_tunnel_allow_opens_loopback_but_never_the_proxy_itself(
         tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert tiny_site.body in tls.recv(4096) + tls.recv(4096)
     # The proxy's own listener and the admin listener stay refused even inside an allowed network.
-    for port in (proxy.port, 1):
+    for port in (proxy.port, admin_port):
         sock, refused = connect(proxy, f"127.0.0.1:{port}")
         sock.close()
         assert refused is not None and refused.status == 403 and "own listener" in refused.message()
