@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 
 from e2e.authkit import client_context, curl_args, sigv4_sign
-from e2e.harness import ADMIN, ProxyProcess, S3Backend, TapFault
+from e2e.harness import ADMIN, ProxyProcess, RequestOutcome, S3Backend, TapFault
 
 BUCKET = "e2e-faults"
 MB = 1024 * 1024
@@ -88,6 +88,17 @@ def put_direct(s3_backend: S3Backend, k: str, data: bytes) -> None:
     s3_backend.direct_client().put_object(Bucket=BUCKET, Key=k, Body=data)
 
 
+def wait_for_outcomes(
+    s3_backend: S3Backend, match: Callable[[RequestOutcome], bool], timeout: float = 10
+) -> list[RequestOutcome]:
+    """The tap's records of requests that ended (it records one when its connection closes)."""
+    deadline = time.monotonic() + timeout
+    while not (found := [o for o in s3_backend.tap.outcomes() if match(o)]):
+        assert time.monotonic() < deadline, "the upstream request was left open"
+        time.sleep(0.05)
+    return found
+
+
 def assert_serves_next(proxy: ProxyProcess, s3_backend: S3Backend) -> None:
     k, data = key(), os.urandom(300_000)
     s3 = proxy.boto3_client(region="us-east-1", config=NO_RETRY)
@@ -136,9 +147,12 @@ def test_upstream_cut_mid_put_stores_nothing_partial(
     new = os.urandom(6 * MB)
     s3_backend.tap.add_fault(TapFault("cut-request", 2 * MB, match=k))
     s3 = fault_proxy.boto3_client(region="us-east-1", config=NO_RETRY)
+    started = time.monotonic()
     with pytest.raises(CUT_ERRORS):
         s3.put_object(Bucket=BUCKET, Key=k, Body=new)
-    (outcome,) = [o for o in s3_backend.tap.outcomes() if o.target.endswith(k) and o.method == "PUT"]
+    # At once, not when the client's own 30 s timeout gives up on a connection nobody reads any more.
+    assert time.monotonic() - started < 5
+    (outcome,) = wait_for_outcomes(s3_backend, lambda o: o.target.endswith(k) and o.method == "PUT")
     assert not outcome.complete and outcome.body_passed < len(new)
     # The old object intact, or none at all - never a truncated one.
     assert s3_backend.object_sha256(BUCKET, k) == (sha(old) if existing else None)
@@ -152,8 +166,10 @@ def test_multipart_part_cut_fails_alone(fault_proxy: ProxyProcess, s3_backend: S
     part1, part2 = os.urandom(5 * MB), os.urandom(2 * MB)
     e1 = s3.upload_part(Bucket=BUCKET, Key=k, UploadId=upload, PartNumber=1, Body=part1)["ETag"]
     s3_backend.tap.add_fault(TapFault("cut-request", MB, match="partNumber=2"))
+    started = time.monotonic()
     with pytest.raises(CUT_ERRORS):
         s3.upload_part(Bucket=BUCKET, Key=k, UploadId=upload, PartNumber=2, Body=part2)
+    assert time.monotonic() - started < 5
     assert s3_backend.object_sha256(BUCKET, k) is None  # nothing visible yet
     # The failed part is simply sent again; part 1 was not affected.
     e2 = s3.upload_part(Bucket=BUCKET, Key=k, UploadId=upload, PartNumber=2, Body=part2)["ETag"]
@@ -192,11 +208,7 @@ def test_client_disconnect_mid_upload_aborts_the_upstream_request(
     assert conn.sock is not None
     conn.sock.close()  # hang up with 7 MB still to send
     # The proxy ends the upstream request: the tap sees that connection close mid-body.
-    deadline = time.monotonic() + 10
-    while not (outcomes := [o for o in s3_backend.tap.outcomes() if o.target.endswith(k)]):
-        assert time.monotonic() < deadline, "the upstream request was left open"
-        time.sleep(0.05)
-    (outcome,) = outcomes
+    (outcome,) = wait_for_outcomes(s3_backend, lambda o: o.target.endswith(k))
     assert not outcome.complete and outcome.body_passed < size
     assert s3_backend.object_sha256(BUCKET, k) is None
     assert_serves_next(fault_proxy, s3_backend)
