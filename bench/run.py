@@ -599,12 +599,13 @@ def with_cpu(env: Env, mode: str, run: Any, *args: Any) -> dict[str, Any]:
     """`run()`'s figures plus the proxy's CPU per unit of work: per GiB moved or per request. CPU time
     barely depends on how loaded the machine is, so it shows what each proxy costs even when wall-clock
     figures are noisy."""
-    before = cpu_seconds(env, mode)
+    before, t0 = cpu_seconds(env, mode), time.monotonic()
     result = dict(run(*args))
-    after = cpu_seconds(env, mode)
+    after, wall = cpu_seconds(env, mode), time.monotonic() - t0
     if before is not None and after is not None:
         used = after - before
         result["proxy_cpu_s"] = used
+        result["proxy_cores"] = used / wall  # cores the proxy kept busy, connection set-up included
         if result.get("bytes"):
             result["cpu_s_per_gib"] = used / (result["bytes"] / GIB)
         if result.get("requests"):
@@ -666,6 +667,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "workers": args.workers,
         "load_before": os.getloadavg(),
+        "seconds": seconds,
         "results": {},
     }
     res: dict[str, dict[str, Any]] = out["results"]
@@ -691,6 +693,28 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         with upload.open("wb") as f:
             f.truncate(sizes["big"])
         chunked = root / "upload.chunked"
+        # Peak RSS first, on fresh processes (workers: 1): a `huge` object goes up and comes back down.
+        huge = root / "upload-huge.bin"
+        with huge.open("wb") as f:
+            f.truncate(sizes["huge"])
+        get_h = sign("GET", S3_HOST, "/bench/huge", EMPTY_SHA256)
+        put_h = sign("PUT", S3_HOST, "/bench/up-huge", "UNSIGNED-PAYLOAD")
+        for m in ("bare", "s3proxy") if want("rss") else ():
+            record(
+                "rss_put_huge",
+                m,
+                peak_rss(env, m, lambda m=m: curl(env, m, "PUT", "/bench/up-huge", put_h, huge)),
+                "peak_rss_mib",
+                higher=False,
+            )
+            (root / "www" / "bench" / "up-huge").unlink(missing_ok=True)
+            record(
+                "rss_get_huge",
+                m,
+                peak_rss(env, m, lambda m=m: curl(env, m, "GET", "/bench/huge", get_h, None)),
+                "peak_rss_mib",
+                higher=False,
+            )
         for rnd in range(rounds):
             print(f"round {rnd + 1}/{rounds}", flush=True)
             chunk_headers = chunked_body(chunked, sizes["big"], 64 * 1024) if want("big") else []
@@ -725,28 +749,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     conc = with_cpu(env, m, concurrent_gets, env, m, clients, seconds)
                     record(f"conc_{clients}", m, conc, "req_s")
         chunked.unlink(missing_ok=True)
-        # Peak RSS: one proxy process (workers: 1) while a `huge` object goes up and comes back.
-        huge = root / "upload-huge.bin"
-        with huge.open("wb") as f:
-            f.truncate(sizes["huge"])
-        get_h = sign("GET", S3_HOST, "/bench/huge", EMPTY_SHA256)
-        put_h = sign("PUT", S3_HOST, "/bench/up-huge", "UNSIGNED-PAYLOAD")
-        for m in ("bare", "s3proxy") if want("rss") else ():
-            record(
-                "rss_put_huge",
-                m,
-                peak_rss(env, m, lambda m=m: curl(env, m, "PUT", "/bench/up-huge", put_h, huge)),
-                "peak_rss_mib",
-                higher=False,
-            )
-            (root / "www" / "bench" / "up-huge").unlink(missing_ok=True)
-            record(
-                "rss_get_huge",
-                m,
-                peak_rss(env, m, lambda m=m: curl(env, m, "GET", "/bench/huge", get_h, None)),
-                "peak_rss_mib",
-                higher=False,
-            )
+        for m in ("bare", "s3proxy"):  # memory after every test, the 256-client ones included
+            res.setdefault("rss_after_load", {})[m] = {
+                "rss_mib": max(status_kib(p, "VmRSS") for p in proxy_pids(env.procs[m])) / 1024
+            }
         out["proxy_log_tail"] = {
             m: (root / f"{m}.log").read_text(errors="replace")[-2000:]
             for m in env.ports
@@ -790,8 +796,6 @@ def table(out: dict[str, Any]) -> str:
     row("small_seq", "cpu_us_per_req")
     row("small_seq", "p50_ms", "{:.3f}")
     row("small_seq", "p99_ms", "{:.3f}")
-    row("new_conn", "req_s", extra=_vi30(r, "new_conn", "req_s", "{:.0f} req/s"))
-    row("new_conn", "cpu_us_per_req", extra=_vi30(r, "new_conn", "cpu_us_per_req", "{:.0f} us/req"))
     s = r.get("small_seq", {})
     if "direct" in s and "s3proxy" in s:
         added = {
@@ -810,6 +814,8 @@ def table(out: dict[str, Any]) -> str:
                 "",
             )
         )
+    row("new_conn", "req_s", extra=_vi30(r, "new_conn", "req_s", "{:.0f} req/s"))
+    row("new_conn", "cpu_us_per_req", extra=_vi30(r, "new_conn", "cpu_us_per_req", "{:.0f} us/req"))
     for c in (32, 256):
         t = f"conc_{c}"
         if t not in r:
@@ -819,6 +825,8 @@ def table(out: dict[str, Any]) -> str:
         if wn:
             many, one = r[t][wn]["req_s"], r[t]["s3proxy"]["req_s"]
             more = f"{wn}: {many:.0f} req/s ({ratio(many, one)} of 1 worker)"
+            cores = [r[t][m].get("proxy_cores", 0) for m in ("s3proxy", wn)]
+            more += f", CPU used {cores[1]:.2f} vs {cores[0]:.2f} cores"
         if "s3proxy-vi30" in r[t]:
             more += f"; verify_interval 30: {r[t]['s3proxy-vi30']['req_s']:.0f} req/s"
         row(t, "req_s", extra=more)
@@ -859,6 +867,20 @@ def table(out: dict[str, Any]) -> str:
                     f"{out['sizes']['huge'] // MIB} MiB object",
                 )
             )
+    after = r.get("rss_after_load", {})
+    if after:
+        v = {m: after.get(m, {}).get("rss_mib") for m in ("bare", "s3proxy")}
+        rows.append(
+            (
+                "after all tests",
+                "RSS MiB",
+                "-",
+                *(f"{x:.0f}" if x else "-" for x in v.values()),
+                ratio(v["s3proxy"], v["bare"]),
+                "",
+                "after the 256-client tests",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
@@ -875,8 +897,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="repeat each test; the best figure is kept")
     p.add_argument("--tests", help="comma-separated subset: big,small,newconn,conc,rss (default: all)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    p.add_argument("--table", type=Path, help="print the table of a JSON file written by --json, run nothing")
     p.add_argument("--load-client", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
     if args.load_client:
         print(json.dumps(asyncio.run(_load(json.loads(args.load_client)))))
         return 0
