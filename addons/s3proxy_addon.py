@@ -335,7 +335,7 @@ class S3Proxy:
         loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
     # -- access rules ---------------------------------------------------------------------------------
-    def _refuse_client(self, flow: http.HTTPFlow) -> bool:
+    async def _refuse_client(self, flow: http.HTTPFlow) -> bool:
         """Apply access rules; True when the flow was answered with a refusal."""
         assert self.config is not None
         if flow.client_conn.peername is None:
@@ -346,7 +346,9 @@ class S3Proxy:
         header = flow.request.headers.get("Proxy-Authorization")
         digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest() if header else b""
         if refusal is None and digest not in self._proxy_auth_ok:
-            refusal = access.check_proxy_auth(header, self.config.access)
+            # A password hash costs ~0.4 s of CPU by design: never on the event loop, which would stall
+            # every other client while a wrong (or a flood of wrong) passwords are checked.
+            refusal = await asyncio.to_thread(access.check_proxy_auth, header, self.config.access)
             if refusal is None and header and self.config.access.users:
                 if len(self._proxy_auth_ok) >= 4096:
                     self._proxy_auth_ok.clear()  # bounded: a flood of distinct valid credentials is unlikely
@@ -395,7 +397,7 @@ class S3Proxy:
         return None, addresses[0] if addresses else None
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if self.config is None or flow.error or self._refuse_client(flow):
+        if self.config is None or flow.error or await self._refuse_client(flow):
             return
         host, port = flow.request.host, flow.request.port
         if self.config.non_s3 == "tunnel" and not hosts.is_s3_host(host):
@@ -429,7 +431,7 @@ class S3Proxy:
             return
         if flow.error:  # mitmproxy refused the request head itself (smuggling checks): it answers
             return
-        if self._refuse_client(flow):
+        if await self._refuse_client(flow):
             return
         r = flow.request
         abuse = guard.check_head(
@@ -628,7 +630,14 @@ class S3Proxy:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._disarm_deadline(flow)
-        if flow.request.timestamp_end is None and flow.response is None and flow.client_conn.id:
+        if (
+            flow.request.timestamp_end is None
+            and flow.response is None
+            and flow.client_conn.id
+            # Only when the endpoint side failed: a request mitmproxy itself refused (malformed head) never
+            # opened an upstream connection and is answered with an S3-style 400, which must not be cut off.
+            and flow.server_conn.timestamp_start is not None
+        ):
             # The endpoint failed while the client was still sending the body. mitmproxy then closes the
             # client connection gracefully, which waits for its last bytes to be read - by a client that
             # is blocked sending a body nobody reads: both wait until the client's own timeout. Abort
