@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from s3proxy.endpoint import REGION_RE
 
@@ -35,15 +35,7 @@ HostFamily = Literal[
 ]
 
 UnsupportedFamily = Literal["fips", "website", "accelerate", "mrap", "s3express", "outposts", "object-lambda"]
-UNSUPPORTED_FAMILIES: tuple[UnsupportedFamily, ...] = (
-    "fips",
-    "website",
-    "accelerate",
-    "mrap",
-    "s3express",
-    "outposts",
-    "object-lambda",
-)
+UNSUPPORTED_FAMILIES: tuple[UnsupportedFamily, ...] = get_args(UnsupportedFamily)
 
 # The request families a (host, path) pair resolves to; `plan()` reports these.
 Family = Literal[

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import unquote, unquote_plus
 
 import yaml
@@ -165,38 +165,7 @@ StringOp = Literal[
     "ArnNotLike",
     "Null",
 ]
-_OPERATORS: dict[str, StringOp] = {
-    op.lower(): op
-    for op in (
-        "StringEquals",
-        "StringNotEquals",
-        "StringEqualsIgnoreCase",
-        "StringNotEqualsIgnoreCase",
-        "StringLike",
-        "StringNotLike",
-        "NumericEquals",
-        "NumericNotEquals",
-        "NumericLessThan",
-        "NumericLessThanEquals",
-        "NumericGreaterThan",
-        "NumericGreaterThanEquals",
-        "DateEquals",
-        "DateNotEquals",
-        "DateLessThan",
-        "DateLessThanEquals",
-        "DateGreaterThan",
-        "DateGreaterThanEquals",
-        "Bool",
-        "BinaryEquals",
-        "IpAddress",
-        "NotIpAddress",
-        "ArnEquals",
-        "ArnNotEquals",
-        "ArnLike",
-        "ArnNotLike",
-        "Null",
-    )
-}
+_OPERATORS: dict[str, StringOp] = {op.lower(): op for op in get_args(StringOp)}
 # Operators that are true when the key is not in the request context (IAM: "If the policy condition
 # requires that the key is not matched, such as StringNotLike or ArnNotLike, ... the condition is true").
 NEGATED_OPS = frozenset(
