@@ -440,7 +440,9 @@ class Operations:
             has_body = resp is not None and flow.request.method != "HEAD"
             bytes_out = len(resp.raw_content or b"") if resp is not None and has_body else 0
         end = resp.timestamp_end if resp is not None and resp.timestamp_end else self.clock()
-        headers = tuple(resp.headers.items()) if resp is not None else ()
+        headers: tuple[tuple[str, str], ...] = ()
+        if resp is not None:  # only the ids the record keeps (items() would scan every header per header)
+            headers = tuple((n, v) for n in _ID_HEADERS if (v := resp.headers.get(n)) is not None)
         return build_record(
             track.req,
             decision,
@@ -458,5 +460,7 @@ class Operations:
             redact_keys=redact,
         )
 
+
+_ID_HEADERS = ("x-amz-request-id", "x-amz-id-2")
 
 addons = [Operations()]

@@ -343,6 +343,9 @@ def _safe(text: str | None, *, text_form: bool = False) -> str | None:
     text form, spaces, quotes and backslashes become %XX. Long values are cut (marked with '...')."""
     if text is None:
         return None
+    if len(text) <= _MAX_FIELD and text.isascii() and text.isprintable():
+        if not text_form or not any(ch in text for ch in ' "\\='):
+            return text  # the common case: nothing to escape
     out: list[str] = []
     for ch in text[:_MAX_FIELD]:
         o = ord(ch)

@@ -8,8 +8,8 @@ Options that matter and why:
 - `allow_hosts` = the S3 name pattern: every other CONNECT is tunnelled as raw TCP and never decrypted;
 - upstream TLS always verified (`ssl_insecure` stays False), optionally against `tls.upstream_ca_bundle`;
 - the proxy CA lives in `tls.ca_dir` (mitmproxy's confdir layout: `mitmproxy-ca.pem` holds key + cert);
-- a lean mitmproxy (`lean_master`: only the addons a forwarding proxy uses) with larger socket reads
-  (`tune_mitmproxy`); flows are never retained;
+- a lean mitmproxy (`lean_master`: only the addons a forwarding proxy uses), tuned (`s3proxy.tuning`:
+  larger reads, batched TLS output, cached hook dispatch); flows are never retained;
 - `workers: N` processes share the port (SO_REUSEPORT, s3proxy.workers); worker 0 serves the admin
   listener, and its /metrics carries every worker's metrics labelled `worker` (`share_metrics`).
 """
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from s3proxy import workers
+from s3proxy import tuning, workers
 from s3proxy.config import Config
 from s3proxy.hosts import S3_CONNECT_PATTERN
 
@@ -171,11 +171,6 @@ def share_listen_port() -> None:
     setattr(mode_servers, "asyncio", _ReusePortAsyncio())  # noqa: B010 - the module's own name for asyncio
 
 
-# mitmproxy reads at most this much per socket read (its own constant); see tune_mitmproxy.
-MITMPROXY_READ_SIZE = 65535
-READ_SIZE = 256 * 1024
-
-
 def lean_master(opts: Any) -> Any:
     """mitmproxy with only the addons a forwarding proxy uses. `DumpMaster` loads ~35 (onboarding app,
     map/modify/replay, cookies, HAR export, ...), and every hook of every flow visits each of them inside
@@ -203,25 +198,6 @@ def lean_master(opts: Any) -> Any:
     return m
 
 
-def tune_mitmproxy() -> None:
-    """Larger socket reads: mitmproxy reads every connection `MITMPROXY_READ_SIZE` bytes at a time and
-    pushes each read through its whole layer stack (TLS, HTTP, hooks); a large body costs per read, not
-    per byte. asyncio's transport already receives up to 256 KiB per syscall, so taking what is buffered
-    (up to READ_SIZE) moves the same bytes in a quarter of the passes. Only reads of exactly mitmproxy's
-    size are widened; anything else reading a StreamReader is unaffected."""
-    if os.environ.get("S3PROXY_NO_TUNE"):
-        return
-    original = asyncio.StreamReader.read
-    if getattr(original, "_s3proxy", False):
-        return
-
-    async def read(self: asyncio.StreamReader, n: int = -1) -> bytes:
-        return await original(self, READ_SIZE if n == MITMPROXY_READ_SIZE else n)
-
-    read._s3proxy = True  # type: ignore[attr-defined]
-    asyncio.StreamReader.read = read  # type: ignore[method-assign]
-
-
 def serve(
     config: Config, config_path: str, worker: int | None = None, count: int = 1, runtime: Path | None = None
 ) -> int:
@@ -234,11 +210,12 @@ def serve(
 
     if worker is not None:
         share_listen_port()
-    tune_mitmproxy()
+    tuning.tune_mitmproxy()
 
     async def main() -> int:
         opts = options.Options()
         master = lean_master(opts)
+        tuning.fast_hooks(master.addons)
         proxy = S3Proxy()
         ops = Operations(proxy)  # after S3Proxy: its hooks see what S3Proxy decided for each flow
         master.addons.add(proxy, ops)

@@ -1,0 +1,268 @@
+"""What s3proxy changes in how mitmproxy runs, for speed (issue 7; measured with bench/run.py).
+
+Each change keeps mitmproxy's behaviour and only removes work it repeats per read, per hook or per
+message; each is documented with what it replaces and is covered by tests/test_tuning.py, which pins the
+mitmproxy internals it relies on, so an upgrade that moves them fails a test rather than slowing down or
+misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off (for comparison).
+
+- `wider_reads`: mitmproxy reads 64 KiB per socket read and pushes each read through its whole layer
+  stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass.
+- `batched_tls_output`: after encrypting, mitmproxy drains OpenSSL's output 64 KiB at a time and sends each
+  piece as its own command (a pass through the layer stack and a syscall each); s3proxy drains what is
+  pending in one piece.
+- `fewer_tls_copies`: mitmproxy decrypts one TLS record (16 KiB) per call into a fresh 64 KiB buffer, copies
+  it out, appends it to a bytearray and copies that again; s3proxy decrypts every record available into one
+  buffer and copies it once. Errors are handled exactly as mitmproxy does (after the plaintext before them).
+- `direct_bodies`: mitmproxy appends every body read to h11's receive buffer and h11 slices it out again
+  (three copies); when the buffer is empty and the read lies within the declared Content-Length, s3proxy
+  passes the read on as the body data it is. Chunked, close-delimited and pipelined data take mitmproxy's
+  own path.
+- `no_message_typecheck`: every HTTP request and response mitmproxy builds re-checks the type of each of
+  its fields (a debug aid mitmproxy skips under `python -O`); the messages come from mitmproxy's own
+  parser and s3proxy's addon sets only typed values.
+- `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
+  context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
+  no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
+  with the same error handling (an addon's exception is logged and the next addon still runs;
+  `AddonHalt` stops the chain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+# mitmproxy reads at most this much per socket read (its own constant).
+MITMPROXY_READ_SIZE = 65535
+READ_SIZE = 256 * 1024
+# The most TLS output drained in one piece: a READ_SIZE read re-encrypted, with room to spare.
+TLS_DRAIN_SIZE = READ_SIZE + 64 * 1024
+# Decrypted data never exceeds the ciphertext fed in plus what OpenSSL held back from earlier reads
+# (less than two TLS records).
+TLS_HELD_BACK = 2 * 16 * 1024 + 1024
+
+
+def enabled(environ: Any = os.environ) -> bool:
+    return not environ.get("S3PROXY_NO_TUNE")
+
+
+def tune_mitmproxy() -> None:
+    """The process-wide changes (fast_hooks is per master: see `fast_hooks`)."""
+    if not enabled():
+        return
+    wider_reads()
+    batched_tls_output()
+    fewer_tls_copies()
+    direct_bodies()
+    no_message_typecheck()
+
+
+# What each change replaced, by "module.Class.name": for tests/test_tuning.py, which compares both.
+ORIGINALS: dict[str, Callable[..., Any]] = {}
+
+
+def _once(owner: Any, name: str, replacement: Callable[..., Any]) -> None:
+    current = getattr(owner, name)
+    if getattr(current, "_s3proxy", False):
+        return
+    ORIGINALS[f"{owner.__module__}.{owner.__qualname__}.{name}"] = current
+    replacement._s3proxy = True  # type: ignore[attr-defined]
+    setattr(owner, name, replacement)
+
+
+def wider_reads() -> None:
+    """Only reads of exactly mitmproxy's size are widened; anything else reading a StreamReader (the admin
+    listener, aiohttp-free helpers) is unaffected."""
+    original = asyncio.StreamReader.read
+
+    async def read(self: asyncio.StreamReader, n: int = -1) -> bytes:
+        return await original(self, READ_SIZE if n == MITMPROXY_READ_SIZE else n)
+
+    _once(asyncio.StreamReader, "read", read)
+
+
+def batched_tls_output() -> None:
+    from mitmproxy.proxy import commands
+    from mitmproxy.proxy.layers import tls
+    from OpenSSL import SSL
+
+    def tls_interact(self: Any) -> Any:
+        # mitmproxy's TLSLayer.tls_interact, draining up to TLS_DRAIN_SIZE per read instead of 64 KiB.
+        while True:
+            try:
+                data = self.tls.bio_read(TLS_DRAIN_SIZE)
+            except SSL.WantReadError:
+                return
+            yield commands.SendData(self.conn, data)
+
+    _once(tls.TLSLayer, "tls_interact", tls_interact)
+
+
+def fewer_tls_copies() -> None:
+    from mitmproxy import connection
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy.layers import tls
+    from OpenSSL import SSL
+    from OpenSSL.SSL import (  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
+        _ffi,
+        _lib,
+        _no_zero_allocator,
+    )
+
+    def read_plaintext(conn: SSL.Connection, fed: int) -> tuple[bytes, SSL.Error | None]:
+        """Everything OpenSSL can decrypt now, and the error that ended the reading (WantReadError when
+        it simply needs more input), as pyOpenSSL's `recv` would have raised it."""
+        pieces: list[bytes] = []
+        size = fed + TLS_HELD_BACK
+        while True:
+            buf = _no_zero_allocator("char[]", size)
+            off = 0
+            err: SSL.Error | None = None
+            while off < size:
+                result = _lib.SSL_read(conn._ssl, buf + off, size - off)
+                if result <= 0:
+                    try:
+                        conn._raise_ssl_error(conn._ssl, result)
+                    except SSL.Error as e:
+                        err = e
+                    else:
+                        err = SSL.WantReadError()
+                    break
+                off += result
+            pieces.append(_ffi.buffer(buf, off)[:])
+            if err is not None:
+                return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), err
+            size = TLS_HELD_BACK
+
+    def receive_data(self: Any, data: bytes) -> Any:
+        # mitmproxy's TLSLayer.receive_data with the record-by-record loop replaced by read_plaintext.
+        if data:
+            self.tls.bio_write(data)
+        plaintext, err = read_plaintext(self.tls, len(data))
+        close = isinstance(err, SSL.ZeroReturnError)
+        if not close and not isinstance(err, SSL.WantReadError):
+            yield commands.Log(f"TLS Error: {err}", logging.WARNING)
+        # Can we send something? Note that this must happen after `recv()`, which may have advanced the
+        # state machine (mitmproxy's note).
+        yield from self.tls_interact()
+        if plaintext:
+            yield from self.event_to_child(events.DataReceived(self.conn, plaintext))
+        if close:
+            self.conn.state &= ~connection.ConnectionState.CAN_READ
+            if self.debug:
+                yield commands.Log(f"{self.debug}[tls] close_notify {self.conn}", logging.DEBUG)
+            yield from self.event_to_child(events.ConnectionClosed(self.conn))
+
+    _once(tls.TLSLayer, "receive_data", receive_data)
+
+
+def direct_bodies() -> None:
+    from h11._readers import ContentLengthReader
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._base import ReceiveHttp
+
+    original = _http1.Http1Connection._handle_event
+    read_body = _http1.Http1Connection.read_body
+
+    def _handle_event(self: Any, event: Any) -> Any:
+        reader = getattr(self, "body_reader", None)
+        if (
+            type(event) is events.DataReceived
+            and type(reader) is ContentLengthReader
+            and getattr(self.state, "__func__", None) is read_body
+            and not self.buf
+            and type(event.data) is bytes
+            and 0 < len(event.data) <= reader._remaining
+        ):
+            # What h11's ContentLengthReader would hand out, without the round trip through its buffer.
+            reader._remaining -= len(event.data)
+            yield ReceiveHttp(self.ReceiveData(self.stream_id, event.data))
+            if reader._remaining == 0:
+                # The reader now answers EndOfMessage from the empty buffer: mitmproxy's own ending.
+                yield from self.state(events.DataReceived(self.conn, b""))
+            return
+        yield from original(self, event)
+
+    _once(_http1.Http1Connection, "_handle_event", _handle_event)
+
+
+def no_message_typecheck() -> None:
+    from mitmproxy import http
+
+    if "__post_init__" not in vars(http.MessageData):
+        return  # python -O: mitmproxy defines no check
+
+    def __post_init__(self: Any) -> None:
+        return None
+
+    _once(http.MessageData, "__post_init__", __post_init__)
+
+
+def fast_hooks(manager: Any) -> None:
+    """Replace `trigger_event` and `handle_lifecycle` of one mitmproxy AddonManager. The cache of
+    implementing addons is dropped whenever addons are added or removed."""
+    if not enabled():
+        return
+    from mitmproxy import addonmanager, exceptions, flow
+
+    log = logging.getLogger(addonmanager.__name__)  # where mitmproxy logs "Addon error: ..."
+    cache: dict[str, tuple[Callable[..., Any], ...]] = {}
+
+    def handlers(name: str) -> tuple[Callable[..., Any], ...]:
+        found = cache.get(name)
+        if found is None:
+            funcs = []
+            for addon in addonmanager.traverse(manager.chain):  # type: ignore[no-untyped-call]
+                func = getattr(addon, name, None)
+                if func is not None and callable(func):
+                    funcs.append(func)
+            found = cache[name] = tuple(funcs)
+        return found
+
+    async def call(funcs: tuple[Callable[..., Any], ...], args: list[Any]) -> None:
+        for func in funcs:
+            try:
+                res = func(*args)
+                if res is not None and inspect.isawaitable(res):
+                    await res
+            except (exceptions.AddonHalt, exceptions.OptionsError):
+                raise
+            except Exception as e:
+                log.error(f"Addon error: {e}", exc_info=True)
+
+    async def trigger_event(event: Any) -> None:
+        funcs = handlers(event.name)
+        if funcs:
+            try:
+                await call(funcs, event.args())
+            except exceptions.AddonHalt:
+                return
+
+    async def handle_lifecycle(event: Any) -> None:
+        funcs = handlers(event.name)
+        args = event.args()
+        if funcs:
+            try:
+                await call(funcs, args)
+            except exceptions.AddonHalt:
+                pass
+        if isinstance(args[0], flow.Flow) and handlers("update"):
+            from mitmproxy import hooks
+
+            await trigger_event(hooks.UpdateHook([args[0]]))
+
+    for mutator in ("register", "remove", "clear"):
+        original = getattr(manager, mutator)
+
+        def invalidating(*a: Any, _original: Any = original, **kw: Any) -> Any:
+            cache.clear()
+            return _original(*a, **kw)
+
+        setattr(manager, mutator, invalidating)
+    manager.trigger_event = trigger_event
+    manager.handle_lifecycle = handle_lifecycle

@@ -1,0 +1,465 @@
+"""s3proxy.tuning: each speed change behaves exactly like the mitmproxy code it replaces.
+
+The replaced functions are compared with mitmproxy's originals on the same inputs (real OpenSSL, mitmproxy's
+real HTTP/1 layers); the mitmproxy, h11 and pyOpenSSL internals they copy or call are pinned by a hash of
+their source, so an upgrade that changes them fails here first."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import h11._readers
+import OpenSSL.SSL as SSL
+import pytest
+import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy import addonmanager, connection, exceptions, http, master, options
+from mitmproxy.proxy import commands, context, events
+from mitmproxy.proxy.layers import tls
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.test import tflow
+
+from s3proxy import tuning
+
+tuning.tune_mitmproxy()
+
+# --------------------------------------------------------------------------------------------- pins
+
+PINNED = {
+    "TLSLayer.receive_data": (
+        tuning.ORIGINALS["mitmproxy.proxy.layers.tls.TLSLayer.receive_data"],
+        "85c0e6b656c324e5",
+    ),
+    "TLSLayer.tls_interact": (
+        tuning.ORIGINALS["mitmproxy.proxy.layers.tls.TLSLayer.tls_interact"],
+        "62d6d57d43dd1a2e",
+    ),
+    "Http1Connection._handle_event": (
+        tuning.ORIGINALS["mitmproxy.proxy.layers.http._http1.Http1Connection._handle_event"],
+        "2ac8db3e43ae743f",
+    ),
+    "Http1Connection.read_body": (_http1.Http1Connection.read_body, "aece271029af36e4"),
+    "ContentLengthReader.__call__": (h11._readers.ContentLengthReader.__call__, "83205782bcb1dcf6"),
+    "MessageData.__post_init__": (
+        tuning.ORIGINALS["mitmproxy.http.MessageData.__post_init__"],
+        "f65088e210cd9cc1",
+    ),
+    "AddonManager.trigger_event": (addonmanager.AddonManager.trigger_event, "b763c59bc4992e33"),
+    "AddonManager.handle_lifecycle": (addonmanager.AddonManager.handle_lifecycle, "38c97e792d1db5b7"),
+    "AddonManager.invoke_addon": (addonmanager.AddonManager.invoke_addon, "13180532440359de"),
+    "AddonManager._iter_hooks": (addonmanager.AddonManager._iter_hooks, "350b419ab7284091"),
+    "safecall": (addonmanager.safecall, "f2052c18340e99b0"),
+    "Connection.recv": (SSL.Connection.recv, "84b0e9671ae37797"),
+    "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_the_internals_tuning_relies_on_are_unchanged(name: str) -> None:
+    func, digest = PINNED[name]
+    got = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
+    assert got == digest, (
+        f"{name} changed in this mitmproxy/h11/pyOpenSSL: re-check what s3proxy.tuning copies from it "
+        f"or relies on, then update the pin ({got})"
+    )
+
+
+def test_mitmproxy_still_reads_the_size_wider_reads_widens() -> None:
+    from mitmproxy.proxy import server
+
+    assert f"read({tuning.MITMPROXY_READ_SIZE})" in inspect.getsource(
+        server.ConnectionHandler.handle_connection
+    )
+
+
+def test_every_change_is_applied_once() -> None:
+    before = dict(tuning.ORIGINALS)
+    tuning.tune_mitmproxy()
+    assert tuning.ORIGINALS == before
+    assert tls.TLSLayer.receive_data is not before["mitmproxy.proxy.layers.tls.TLSLayer.receive_data"]
+
+
+# ------------------------------------------------------------------------------------- TLS in memory
+
+
+@pytest.fixture(scope="module")
+def tls_contexts() -> tuple[SSL.Context, SSL.Context]:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("s3.test")
+    server_ctx = SSL.Context(SSL.TLS_METHOD)
+    leaf.configure_cert(server_ctx)
+    return server_ctx, SSL.Context(SSL.TLS_METHOD)
+
+
+def _pump(a: SSL.Connection, b: SSL.Connection) -> None:
+    try:
+        b.bio_write(a.bio_read(1 << 20))
+    except SSL.WantReadError:
+        pass
+
+
+def tls_pair(contexts: tuple[SSL.Context, SSL.Context]) -> tuple[SSL.Connection, SSL.Connection]:
+    server = SSL.Connection(contexts[0], None)
+    server.set_accept_state()
+    client = SSL.Connection(contexts[1], None)
+    client.set_connect_state()
+    for _ in range(10):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+        _pump(client, server)
+        _pump(server, client)
+    return client, server
+
+
+class Layer:
+    """The parts of a TLSLayer that receive_data touches, around a real pyOpenSSL connection."""
+
+    debug = None
+    receive_data = tls.TLSLayer.receive_data
+    tls_interact = tls.TLSLayer.tls_interact
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.tls = conn
+        self.conn = connection.Client(
+            peername=("127.0.0.1", 1),
+            sockname=("127.0.0.1", 2),
+            timestamp_start=0,
+            state=connection.ConnectionState.OPEN,
+        )
+        self.events: list[Any] = []
+
+    def event_to_child(self, event: Any) -> Iterator[Any]:
+        self.events.append(event)
+        yield from ()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """What one read of `data` produces: commands and child events, in order."""
+        out: list[Any] = []
+        self.events = out
+        for cmd in self.receive_data(data):
+            out.append(cmd)
+        return out
+
+
+class MitmproxyLayer(Layer):
+    receive_data = tuning.ORIGINALS["mitmproxy.proxy.layers.tls.TLSLayer.receive_data"]
+    tls_interact = tuning.ORIGINALS["mitmproxy.proxy.layers.tls.TLSLayer.tls_interact"]
+
+
+def _shape(items: list[Any]) -> list[tuple[str, Any]]:
+    shape: list[tuple[str, Any]] = []
+    for item in items:
+        if isinstance(item, events.DataReceived):
+            shape.append(("data", item.data))
+        elif isinstance(item, commands.Log):
+            shape.append(("log", item.message.split(":")[0]))
+        else:
+            shape.append((type(item).__name__, None))
+    return shape
+
+
+def _received(items: list[Any]) -> bytes:
+    return b"".join(i.data for i in items if isinstance(i, events.DataReceived))
+
+
+def _ciphertext(client: SSL.Connection, plaintext: bytes, close: bool) -> bytes:
+    client.sendall(plaintext)
+    if close:
+        client.shutdown()
+    out = bytearray()
+    while True:
+        try:
+            out += client.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return bytes(out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(0, 400_000), seed=st.integers(0, 2**32), close=st.booleans())
+def test_tls_reads_give_what_mitmproxy_gives(
+    tls_contexts: tuple[SSL.Context, SSL.Context], size: int, seed: int, close: bool
+) -> None:
+    rng = random.Random(seed)
+    plaintext = rng.randbytes(size)
+    pieces: dict[str, list[Any]] = {}
+    for name, cls in (("s3proxy", Layer), ("mitmproxy", MitmproxyLayer)):
+        client, server = tls_pair(tls_contexts)
+        wire = _ciphertext(client, plaintext, close)
+        layer = cls(server)
+        cuts = sorted(random.Random(seed).sample(range(1, len(wire)), min(12, max(0, len(wire) - 1))))
+        got: list[Any] = []
+        for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+            got += [_shape(layer.feed(wire[a:b]))]
+        pieces[name] = got
+    # The same plaintext, delivered at the same reads (the same TLS records complete at the same cut).
+    assert pieces["s3proxy"] == pieces["mitmproxy"]
+    flat = [e for step in pieces["s3proxy"] for e in step]
+    assert b"".join(d for k, d in flat if k == "data") == plaintext
+    assert (bool(flat) and flat[-1][0] == "ConnectionClosed") == close
+
+
+def test_tls_read_of_a_partial_record_gives_nothing_until_it_completes(
+    tls_contexts: tuple[SSL.Context, SSL.Context],
+) -> None:
+    client, server = tls_pair(tls_contexts)
+    wire = _ciphertext(client, b"hello, s3", close=False)
+    layer = Layer(server)
+    assert _received(layer.feed(wire[:-1])) == b""
+    assert _received(layer.feed(wire[-1:])) == b"hello, s3"
+
+
+def test_tls_garbage_is_logged_as_mitmproxy_logs_it(tls_contexts: tuple[SSL.Context, SSL.Context]) -> None:
+    shapes = []
+    for cls in (Layer, MitmproxyLayer):
+        client, server = tls_pair(tls_contexts)
+        good = _ciphertext(client, b"x" * 1000, close=False)
+        shapes.append(_shape(cls(server).feed(good + b"\x17\x03\x03\x00\x20" + b"\x00" * 32)))
+    assert shapes[0] == shapes[1]
+    assert ("log", "TLS Error") in shapes[0]
+    assert ("data", b"x" * 1000) in shapes[0]
+
+
+# ------------------------------------------------------------------------------------------ HTTP/1
+
+
+class MitmproxyServer(_http1.Http1Server):
+    _handle_event = tuning.ORIGINALS["mitmproxy.proxy.layers.http._http1.Http1Connection._handle_event"]
+
+
+class MitmproxyClient(_http1.Http1Client):
+    _handle_event = tuning.ORIGINALS["mitmproxy.proxy.layers.http._http1.Http1Connection._handle_event"]
+
+
+def _http_shape(cmds: list[Any]) -> list[tuple[str, bytes]]:
+    out = []
+    for c in cmds:
+        if isinstance(c, ReceiveHttp):
+            out.append((type(c.event).__name__, bytes(getattr(c.event, "data", b"") or b"")))
+        elif isinstance(c, commands.SendData):
+            out.append(("SendData", c.data))
+        else:
+            out.append((type(c).__name__, b""))
+    return out
+
+
+def _run_server(cls: type[_http1.Http1Server], reads: list[bytes], close: bool) -> list[tuple[str, bytes]]:
+    client = connection.Client(
+        peername=("127.0.0.1", 1),
+        sockname=("127.0.0.1", 2),
+        timestamp_start=0,
+        state=connection.ConnectionState.OPEN,
+    )
+    layer = cls(context.Context(client, options.Options()))
+    cmds = list(layer.handle_event(events.Start()))
+    for r in reads:
+        cmds += list(layer.handle_event(events.DataReceived(client, r)))
+    if close:
+        cmds += list(layer.handle_event(events.ConnectionClosed(client)))
+    return _http_shape(cmds)
+
+
+REQUESTS = [
+    b"PUT /b/k HTTP/1.1\r\nHost: s3.amazonaws.com\r\nContent-Length: %d\r\n\r\n",
+    b"PUT /b/k HTTP/1.1\r\nHost: s3.amazonaws.com\r\nTransfer-Encoding: chunked\r\n\r\n",
+]
+
+
+def _chunked(body: bytes) -> bytes:
+    return (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 700]), body[i : i + 700]) for i in range(0, len(body), 700)
+        )
+        + b"0\r\n\r\n"
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 5000),
+    chunked=st.booleans(),
+    pipelined=st.booleans(),
+    truncated=st.booleans(),
+    cuts=st.lists(st.integers(1, 20_000), max_size=8),
+)
+def test_request_bodies_reach_mitmproxy_as_its_own_path_delivers_them(
+    size: int, chunked: bool, pipelined: bool, truncated: bool, cuts: list[int]
+) -> None:
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    head = REQUESTS[1] if chunked else REQUESTS[0] % size
+    wire = head + (_chunked(body) if chunked else body)
+    if truncated and size:
+        wire = wire[:-1]
+    if pipelined:
+        wire += b"GET /b/next HTTP/1.1\r\nHost: s3.amazonaws.com\r\n\r\n"
+    points = sorted({c for c in cuts if c < len(wire)})
+    reads = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    ours = _run_server(_http1.Http1Server, reads, close=truncated)
+    assert ours == _run_server(MitmproxyServer, reads, close=truncated)
+    if not truncated:
+        assert b"".join(d for k, d in ours if k == "RequestData") == body
+
+
+def test_response_bodies_take_the_direct_path_and_end_once() -> None:
+    """The client side (responses from the endpoint): with a Content-Length body read in pieces the direct
+    path delivers each read as it came and the end of the message exactly once, like mitmproxy."""
+    shapes = []
+    for cls in (_http1.Http1Client, MitmproxyClient):
+        server = connection.Server(address=("s3.test", 443))
+        server.state = connection.ConnectionState.OPEN
+        client = connection.Client(
+            peername=("127.0.0.1", 1),
+            sockname=("127.0.0.1", 2),
+            timestamp_start=0,
+            state=connection.ConnectionState.OPEN,
+        )
+        ctx = context.Context(client, options.Options())
+        ctx.server = server
+        layer = cls(ctx)
+        cmds = list(layer.handle_event(events.Start()))
+        from mitmproxy.proxy.layers.http import _events
+
+        req = http.Request.make("GET", "https://s3.test/b/k")
+        cmds += list(layer.handle_event(_events.RequestHeaders(1, req, end_stream=True)))
+        cmds += list(layer.handle_event(_events.RequestEndOfMessage(1)))
+        body = b"0123456789" * 1000
+        wire = b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + body
+        for a in range(0, len(wire), 3000):
+            cmds += list(layer.handle_event(events.DataReceived(server, wire[a : a + 3000])))
+        shapes.append(_http_shape(cmds))
+    assert shapes[0] == shapes[1]
+    assert [k for k, _ in shapes[0]].count("ResponseEndOfMessage") == 1
+    assert b"".join(d for k, d in shapes[0] if k == "ResponseData") == b"0123456789" * 1000
+
+
+# ----------------------------------------------------------------------------------------- hooks
+
+
+class Recorder:
+    def __init__(self, name: str, seen: list[str], fail: BaseException | None = None) -> None:
+        self.name = name
+        self.seen = seen
+        self.fail = fail
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.seen.append(self.name)
+        if self.fail is not None:
+            raise self.fail
+
+
+class AsyncRecorder(Recorder):
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        self.seen.append(self.name)
+
+
+class Parent:
+    def __init__(self, seen: list[str]) -> None:
+        self.addons = [Recorder("child", seen)]
+
+
+class Updates:
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def update(self, flows: list[Any]) -> None:
+        self.seen.append("update")
+
+
+def _manager(*addons: Any, fast: bool) -> master.Master:
+    m = master.Master(options.Options())
+    m.addons.add(*addons)
+    if fast:
+        tuning.fast_hooks(m.addons)
+    return m
+
+
+def _dispatch(fast: bool, make: Any) -> tuple[list[str], list[str]]:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    seen: list[str] = []
+    errors: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    async def main() -> None:
+        m = _manager(*make(seen), fast=fast)
+        try:
+            await m.addons.handle_lifecycle(HttpRequestHeadersHook(tflow.tflow()))
+        finally:
+            m._legacy_log_events.uninstall()
+
+    handler = Catch(level=logging.ERROR)
+    logging.getLogger(addonmanager.__name__).addHandler(handler)
+    try:
+        asyncio.run(main())
+    finally:
+        logging.getLogger(addonmanager.__name__).removeHandler(handler)
+    return seen, errors
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda s: [Recorder("a", s), Recorder("b", s)], id="order"),
+        pytest.param(
+            lambda s: [Recorder("a", s, ValueError("boom")), Recorder("b", s)], id="error-logged-next-runs"
+        ),
+        pytest.param(lambda s: [Recorder("a", s, exceptions.AddonHalt()), Recorder("b", s)], id="halt-stops"),
+        pytest.param(lambda s: [AsyncRecorder("a", s), Recorder("b", s)], id="async-awaited"),
+        pytest.param(lambda s: [Parent(s), Recorder("b", s)], id="children"),
+        pytest.param(lambda s: [Recorder("a", s), Updates(s)], id="update-hook"),
+    ],
+)
+def test_hook_dispatch_matches_mitmproxy(make: Any) -> None:
+    assert _dispatch(True, make) == _dispatch(False, make)
+
+
+def test_hook_cache_follows_added_and_removed_addons() -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        m = _manager(Recorder("a", seen), fast=True)
+        await m.addons.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+        late = Recorder("late", seen)
+        m.addons.add(late)
+        await m.addons.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+        m.addons.remove(late)
+        await m.addons.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+        m._legacy_log_events.uninstall()
+
+    asyncio.run(main())
+    assert seen == ["a", "a", "late", "a"]
+
+
+def test_messages_are_not_type_checked_but_still_built() -> None:
+    req = http.Request.make("GET", "https://s3.test/b/k", b"", {"x": "1"})
+    assert req.headers["x"] == "1"
+    assert tuning.ORIGINALS["mitmproxy.http.MessageData.__post_init__"] is not http.MessageData.__post_init__
+
+
+def test_no_tune_turns_everything_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3PROXY_NO_TUNE", "1")
+
+    async def main() -> None:
+        m = master.Master(options.Options())
+        before = m.addons.trigger_event
+        tuning.fast_hooks(m.addons)
+        m._legacy_log_events.uninstall()
+        assert m.addons.trigger_event == before
+
+    asyncio.run(main())
