@@ -20,6 +20,8 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off (for comparison).
 - `no_message_typecheck`: every HTTP request and response mitmproxy builds re-checks the type of each of
   its fields (a debug aid mitmproxy skips under `python -O`); the messages come from mitmproxy's own
   parser and s3proxy's addon sets only typed values.
+- `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
+  `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
@@ -30,6 +32,7 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off (for comparison).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -59,6 +62,7 @@ def tune_mitmproxy() -> None:
     fewer_tls_copies()
     direct_bodies()
     no_message_typecheck()
+    cached_hook_args()
 
 
 # What each change replaced, by "module.Class.name": for tests/test_tuning.py, which compares both.
@@ -201,6 +205,21 @@ def no_message_typecheck() -> None:
         return None
 
     _once(http.MessageData, "__post_init__", __post_init__)
+
+
+def cached_hook_args() -> None:
+    from mitmproxy import hooks
+
+    names: dict[type, tuple[str, ...]] = {}
+
+    def args(self: Any) -> list[Any]:
+        cls = type(self)
+        found = names.get(cls)
+        if found is None:
+            found = names[cls] = tuple(f.name for f in dataclasses.fields(self))
+        return [getattr(self, name) for name in found]
+
+    _once(hooks.Hook, "args", args)
 
 
 def fast_hooks(manager: Any) -> None:

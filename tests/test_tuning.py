@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, http, master, options
 from mitmproxy.proxy import commands, context, events
+from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
@@ -57,6 +58,7 @@ PINNED = {
     "AddonManager.invoke_addon": (addonmanager.AddonManager.invoke_addon, "13180532440359de"),
     "AddonManager._iter_hooks": (addonmanager.AddonManager._iter_hooks, "350b419ab7284091"),
     "safecall": (addonmanager.safecall, "f2052c18340e99b0"),
+    "Hook.args": (tuning.ORIGINALS["mitmproxy.hooks.Hook.args"], "5bab95f7aa358e18"),
     "Connection.recv": (SSL.Connection.recv, "84b0e9671ae37797"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
 }
@@ -444,6 +446,17 @@ def test_hook_cache_follows_added_and_removed_addons() -> None:
 
     asyncio.run(main())
     assert seen == ["a", "a", "late", "a"]
+
+
+def test_hook_args_are_the_fields_in_order() -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    f = tflow.tflow()
+    hook = HttpRequestHeadersHook(f)
+    original = tuning.ORIGINALS["mitmproxy.hooks.Hook.args"]
+    assert hook.args() == original(hook) == [f]
+    data = hooks.ServerConnectionHookData(f.server_conn, f.client_conn)
+    assert hooks.ServerConnectHook(data).args() == original(hooks.ServerConnectHook(data)) == [data]
 
 
 def test_messages_are_not_type_checked_but_still_built() -> None:
