@@ -3,7 +3,8 @@
 Each change keeps mitmproxy's behaviour and only removes work it repeats per read, per hook or per
 message; each is documented with what it replaces and is covered by tests/test_tuning.py, which pins the
 mitmproxy internals it relies on, so an upgrade that moves them fails a test rather than slowing down or
-misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off (for comparison).
+misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=name,name` the ones named
+(for comparison: bench/README.md).
 
 - `wider_reads`: mitmproxy reads 64 KiB per socket read and pushes each read through its whole layer
   stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass.
@@ -12,7 +13,8 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off (for comparison).
   pending in one piece.
 - `fewer_tls_copies`: mitmproxy decrypts one TLS record (16 KiB) per call into a fresh 64 KiB buffer, copies
   it out, appends it to a bytearray and copies that again; s3proxy decrypts every record available into one
-  buffer and copies it once. Errors are handled exactly as mitmproxy does (after the plaintext before them).
+  reused buffer and copies it out once. Errors are handled as mitmproxy handles them (logged, or the close
+  passed on after the plaintext before it).
 - `direct_bodies`: mitmproxy appends every body read to h11's receive buffer and h11 slices it out again
   (three copies); when the buffer is empty and the read lies within the declared Content-Length, s3proxy
   passes the read on as the body data it is. Chunked, close-delimited and pipelined data take mitmproxy's
@@ -36,6 +38,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,25 +47,29 @@ MITMPROXY_READ_SIZE = 65535
 READ_SIZE = 256 * 1024
 # The most TLS output drained in one piece: a READ_SIZE read re-encrypted, with room to spare.
 TLS_DRAIN_SIZE = READ_SIZE + 64 * 1024
-# Decrypted data never exceeds the ciphertext fed in plus what OpenSSL held back from earlier reads
-# (less than two TLS records).
+# Room for what OpenSSL held back from an earlier read (part of a TLS record) on top of a READ_SIZE read;
+# more plaintext than fits is read in further passes.
 TLS_HELD_BACK = 2 * 16 * 1024 + 1024
 
 
-def enabled(environ: Any = os.environ) -> bool:
-    return not environ.get("S3PROXY_NO_TUNE")
+def enabled(name: str, environ: Any = os.environ) -> bool:
+    """`S3PROXY_NO_TUNE=1` turns every change off; a comma-separated list of names turns those off."""
+    off = {n.strip() for n in environ.get("S3PROXY_NO_TUNE", "").split(",")}
+    return not (off & {"1", "all", name})
 
 
 def tune_mitmproxy() -> None:
     """The process-wide changes (fast_hooks is per master: see `fast_hooks`)."""
-    if not enabled():
-        return
-    wider_reads()
-    batched_tls_output()
-    fewer_tls_copies()
-    direct_bodies()
-    no_message_typecheck()
-    cached_hook_args()
+    for change in (
+        wider_reads,
+        batched_tls_output,
+        fewer_tls_copies,
+        direct_bodies,
+        no_message_typecheck,
+        cached_hook_args,
+    ):
+        if enabled(change.__name__):
+            change()
 
 
 # What each change replaced, by "module.Class.name": for tests/test_tuning.py, which compares both.
@@ -117,36 +124,43 @@ def fewer_tls_copies() -> None:
         _no_zero_allocator,
     )
 
-    def read_plaintext(conn: SSL.Connection, fed: int) -> tuple[bytes, SSL.Error | None]:
+    # One scratch buffer per thread (the event loop's): reads run to completion without yielding, and
+    # allocating hundreds of KiB per read costs more than the copy it saves.
+    scratch_size = READ_SIZE + TLS_HELD_BACK
+    local = threading.local()
+
+    def read_plaintext(conn: SSL.Connection) -> tuple[bytes, SSL.Error | None]:
         """Everything OpenSSL can decrypt now, and the error that ended the reading (WantReadError when
         it simply needs more input), as pyOpenSSL's `recv` would have raised it."""
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = _no_zero_allocator("char[]", scratch_size)
         pieces: list[bytes] = []
-        size = fed + TLS_HELD_BACK
         while True:
-            buf = _no_zero_allocator("char[]", size)
             off = 0
             err: SSL.Error | None = None
-            while off < size:
-                result = _lib.SSL_read(conn._ssl, buf + off, size - off)
+            while off < scratch_size:
+                result = _lib.SSL_read(conn._ssl, scratch + off, scratch_size - off)
                 if result <= 0:
                     try:
                         conn._raise_ssl_error(conn._ssl, result)
                     except SSL.Error as e:
-                        err = e
+                        # Without its traceback: that would tie this frame (and the plaintext) into a
+                        # reference cycle that lives until the garbage collector runs.
+                        err = e.with_traceback(None)
                     else:
                         err = SSL.WantReadError()
                     break
                 off += result
-            pieces.append(_ffi.buffer(buf, off)[:])
+            pieces.append(_ffi.buffer(scratch, off)[:])
             if err is not None:
                 return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), err
-            size = TLS_HELD_BACK
 
     def receive_data(self: Any, data: bytes) -> Any:
         # mitmproxy's TLSLayer.receive_data with the record-by-record loop replaced by read_plaintext.
         if data:
             self.tls.bio_write(data)
-        plaintext, err = read_plaintext(self.tls, len(data))
+        plaintext, err = read_plaintext(self.tls)
         close = isinstance(err, SSL.ZeroReturnError)
         if not close and not isinstance(err, SSL.WantReadError):
             yield commands.Log(f"TLS Error: {err}", logging.WARNING)
@@ -225,7 +239,7 @@ def cached_hook_args() -> None:
 def fast_hooks(manager: Any) -> None:
     """Replace `trigger_event` and `handle_lifecycle` of one mitmproxy AddonManager. The cache of
     implementing addons is dropped whenever addons are added or removed."""
-    if not enabled():
+    if not enabled("fast_hooks"):
         return
     from mitmproxy import addonmanager, exceptions, flow
 
