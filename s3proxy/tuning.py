@@ -27,8 +27,8 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
-  with the same error handling (an addon's exception is logged and the next addon still runs;
-  `AddonHalt` stops the chain).
+  with the same error handling (an exception is logged and skips the rest of that top-level addon's tree,
+  the next addon still runs; `AddonHalt` stops the chain; `OptionsError` propagates).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def direct_bodies() -> None:
             yield ReceiveHttp(self.ReceiveData(self.stream_id, event.data))
             if reader._remaining == 0:
                 # The reader now answers EndOfMessage from the empty buffer: mitmproxy's own ending.
-                yield from self.state(events.DataReceived(self.conn, b""))
+                yield from read_body(self, events.DataReceived(self.conn, b""))
             return
         yield from original(self, event)
 
@@ -238,50 +238,74 @@ def cached_hook_args() -> None:
 
 def fast_hooks(manager: Any) -> None:
     """Replace `trigger_event` and `handle_lifecycle` of one mitmproxy AddonManager. The cache of
-    implementing addons is dropped whenever addons are added or removed."""
+    implementing addons is dropped whenever addons are registered or removed and whenever options change
+    (mitmproxy's script loader reorders its scripts then); an addon that rebinds its own hook methods at
+    run time is not supported."""
     if not enabled("fast_hooks"):
         return
+    import types
+
     from mitmproxy import addonmanager, exceptions, flow
 
     log = logging.getLogger(addonmanager.__name__)  # where mitmproxy logs "Addon error: ..."
-    cache: dict[str, tuple[Callable[..., Any], ...]] = {}
+    # Per hook name: per top-level addon, the hook functions of it and its children. mitmproxy runs each
+    # top-level addon's tree inside one safecall: an error logs and skips the rest of that tree only.
+    Group = tuple[Callable[..., Any], ...]
+    cache: dict[str, tuple[Group, ...]] = {}
 
-    def handlers(name: str) -> tuple[Callable[..., Any], ...]:
+    def not_callable(name: str, addon: Any) -> Callable[..., Any]:
+        def fail(*_args: Any) -> None:
+            raise exceptions.AddonManagerError(  # type: ignore[no-untyped-call]
+                f"Addon handler {name} ({addon}) not callable"
+            )
+
+        return fail
+
+    def handlers(name: str) -> tuple[Group, ...]:
         found = cache.get(name)
         if found is None:
-            funcs = []
-            for addon in addonmanager.traverse(manager.chain):  # type: ignore[no-untyped-call]
-                func = getattr(addon, name, None)
-                if func is not None and callable(func):
-                    funcs.append(func)
-            found = cache[name] = tuple(funcs)
+            groups = []
+            for top in manager.chain:
+                funcs: list[Callable[..., Any]] = []
+                for addon in addonmanager.traverse([top]):  # type: ignore[no-untyped-call]
+                    func = getattr(addon, name, None)
+                    if not func:  # mitmproxy's own test (AddonManager._iter_hooks)
+                        continue
+                    if callable(func):
+                        funcs.append(func)
+                    elif not isinstance(func, types.ModuleType):
+                        funcs.append(not_callable(name, addon))
+                if funcs:
+                    groups.append(tuple(funcs))
+            found = cache[name] = tuple(groups)
         return found
 
-    async def call(funcs: tuple[Callable[..., Any], ...], args: list[Any]) -> None:
-        for func in funcs:
+    async def call(groups: tuple[Group, ...], args: list[Any]) -> None:
+        for funcs in groups:
             try:
-                res = func(*args)
-                if res is not None and inspect.isawaitable(res):
-                    await res
+                for func in funcs:
+                    res = func(*args)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
             except (exceptions.AddonHalt, exceptions.OptionsError):
                 raise
             except Exception as e:
                 log.error(f"Addon error: {e}", exc_info=True)
 
     async def trigger_event(event: Any) -> None:
-        funcs = handlers(event.name)
-        if funcs:
+        groups = handlers(event.name)
+        if groups:
             try:
-                await call(funcs, event.args())
+                await call(groups, event.args())
             except exceptions.AddonHalt:
                 return
 
     async def handle_lifecycle(event: Any) -> None:
-        funcs = handlers(event.name)
+        groups = handlers(event.name)
         args = event.args()
-        if funcs:
+        if groups:
             try:
-                await call(funcs, args)
+                await call(groups, args)
             except exceptions.AddonHalt:
                 pass
         if isinstance(args[0], flow.Flow) and handlers("update"):
@@ -294,8 +318,17 @@ def fast_hooks(manager: Any) -> None:
 
         def invalidating(*a: Any, _original: Any = original, **kw: Any) -> Any:
             cache.clear()
-            return _original(*a, **kw)
+            try:
+                return _original(*a, **kw)
+            finally:
+                cache.clear()
 
         setattr(manager, mutator, invalidating)
+    def drop_cache(*_args: Any, **_kwargs: Any) -> None:
+        cache.clear()
+
+    # mitmproxy's signals hold their receivers weakly: the manager keeps this one alive.
+    manager._s3proxy_drop_hook_cache = drop_cache
+    manager.master.options.changed.connect(drop_cache)
     manager.trigger_event = trigger_event
     manager.handle_lifecycle = handle_lifecycle

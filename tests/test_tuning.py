@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import logging
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -229,6 +230,41 @@ def test_tls_reads_leave_no_reference_cycles(tls_contexts: tuple[SSL.Context, SS
         gc.enable()
 
 
+def test_tls_read_larger_than_the_reused_buffer(tls_contexts: tuple[SSL.Context, SSL.Context]) -> None:
+    """More plaintext in one read than the reused buffer holds is read in further passes, in order."""
+    plaintext = random.Random(7).randbytes(1_200_000)
+    got = []
+    for cls in (Layer, MitmproxyLayer):
+        client, server = tls_pair(tls_contexts)
+        got.append(_shape(cls(server).feed(_ciphertext(client, plaintext, close=True))))
+    assert got[0] == got[1]
+    assert got[0][0] == ("data", plaintext)
+    assert got[0][-1] == ("ConnectionClosed", None)
+
+
+def test_tls_output_is_drained_whole_and_decrypts_to_what_was_sent(
+    tls_contexts: tuple[SSL.Context, SSL.Context],
+) -> None:
+    plaintext = random.Random(8).randbytes(700_000)
+    for cls in (Layer, MitmproxyLayer):
+        client, server = tls_pair(tls_contexts)
+        layer = cls(server)
+        server.sendall(plaintext)
+        sent = [c.data for c in layer.tls_interact() if isinstance(c, commands.SendData)]
+        client.bio_write(b"".join(sent))
+        out = bytearray()
+        while True:
+            try:
+                out += client.recv(1 << 20)
+            except SSL.WantReadError:
+                break
+        assert bytes(out) == plaintext
+        if cls is Layer:
+            assert len(sent) <= 3  # drained in pieces of up to TLS_DRAIN_SIZE, not 64 KiB
+        else:
+            assert len(sent) > 10
+
+
 def test_tls_read_of_a_partial_record_gives_nothing_until_it_completes(
     tls_contexts: tuple[SSL.Context, SSL.Context],
 ) -> None:
@@ -271,6 +307,15 @@ def _http_shape(cmds: list[Any]) -> list[tuple[str, bytes]]:
         else:
             out.append((type(c).__name__, b""))
     return out
+
+
+def _client() -> connection.Client:
+    return connection.Client(
+        peername=("127.0.0.1", 1),
+        sockname=("127.0.0.1", 2),
+        timestamp_start=0,
+        state=connection.ConnectionState.OPEN,
+    )
 
 
 def _run_server(cls: type[_http1.Http1Server], reads: list[bytes], close: bool) -> list[tuple[str, bytes]]:
@@ -328,6 +373,65 @@ def test_request_bodies_reach_mitmproxy_as_its_own_path_delivers_them(
     assert ours == _run_server(MitmproxyServer, reads, close=truncated)
     if not truncated:
         assert b"".join(d for k, d in ours if k == "RequestData") == body
+
+
+def test_the_direct_path_is_taken_for_content_length_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """h11's reader is asked only for the end of the message, not for each read of the body."""
+    calls = []
+    original = h11._readers.ContentLengthReader.__call__
+
+    def counting(self: Any, buf: Any) -> Any:
+        calls.append(len(buf))
+        return original(self, buf)
+
+    monkeypatch.setattr(h11._readers.ContentLengthReader, "__call__", counting)
+    body = b"b" * 50_000
+    reads = [REQUESTS[0] % len(body)] + [body[i : i + 5000] for i in range(0, len(body), 5000)]
+    shape = _run_server(_http1.Http1Server, reads, close=False)
+    assert b"".join(d for k, d in shape if k == "RequestData") == body
+    assert calls == [0, 0]  # the head's read (empty buffer), then the end of the message
+
+
+def _run_client(cls: type[_http1.Http1Client], method: str, reads: list[bytes]) -> list[tuple[str, bytes]]:
+    from mitmproxy.proxy.layers.http import _events
+
+    server = connection.Server(address=("s3.test", 443))
+    server.state = connection.ConnectionState.OPEN
+    ctx = context.Context(_client(), options.Options())
+    ctx.server = server
+    layer = cls(ctx)
+    cmds = list(layer.handle_event(events.Start()))
+    req = http.Request.make(method, "https://s3.test/b/k")
+    cmds += list(layer.handle_event(_events.RequestHeaders(1, req, end_stream=True)))
+    cmds += list(layer.handle_event(_events.RequestEndOfMessage(1)))
+    for r in reads:
+        cmds += list(layer.handle_event(events.DataReceived(server, r)))
+    return _http_shape(cmds)
+
+
+@pytest.mark.parametrize(
+    ("method", "wire"),
+    [
+        pytest.param("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", id="head-with-length"),
+        pytest.param("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", id="204"),
+        pytest.param("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", id="304"),
+        pytest.param(
+            "GET", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody" + b"HTTP/1.1 200 OK\r\n", id="extra"
+        ),
+        pytest.param(
+            "GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody", id="1xx"
+        ),
+        pytest.param(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+            id="chunked",
+        ),
+    ],
+)
+@pytest.mark.parametrize("split", [1, 7, 10_000])
+def test_responses_without_a_plain_body_are_mitmproxys_own(method: str, wire: bytes, split: int) -> None:
+    reads = [wire[i : i + split] for i in range(0, len(wire), split)]
+    assert _run_client(_http1.Http1Client, method, reads) == _run_client(MitmproxyClient, method, reads)
 
 
 def test_response_bodies_take_the_direct_path_and_end_once() -> None:
@@ -388,6 +492,16 @@ class Parent:
         self.addons = [Recorder("child", seen)]
 
 
+class FailingParent(Recorder):
+    def __init__(self, seen: list[str]) -> None:
+        super().__init__("parent", seen, ValueError("parent fails"))
+        self.addons = [Recorder("child", seen)]
+
+
+class NotCallable:
+    requestheaders = "not a function"
+
+
 class Updates:
     def __init__(self, seen: list[str]) -> None:
         self.seen = seen
@@ -412,7 +526,7 @@ def _dispatch(fast: bool, make: Any) -> tuple[list[str], list[str]]:
 
     class Catch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            errors.append(record.getMessage())
+            errors.append(re.sub(r" at 0x[0-9a-f]+", "", record.getMessage()))
 
     async def main() -> None:
         m = _manager(*make(seen), fast=fast)
@@ -441,10 +555,48 @@ def _dispatch(fast: bool, make: Any) -> tuple[list[str], list[str]]:
         pytest.param(lambda s: [AsyncRecorder("a", s), Recorder("b", s)], id="async-awaited"),
         pytest.param(lambda s: [Parent(s), Recorder("b", s)], id="children"),
         pytest.param(lambda s: [Recorder("a", s), Updates(s)], id="update-hook"),
+        pytest.param(lambda s: [FailingParent(s), Recorder("b", s)], id="error-skips-own-children-only"),
+        pytest.param(lambda s: [NotCallable(), Recorder("b", s)], id="not-callable-logged"),
     ],
 )
 def test_hook_dispatch_matches_mitmproxy(make: Any) -> None:
     assert _dispatch(True, make) == _dispatch(False, make)
+
+
+def test_options_errors_propagate_as_in_mitmproxy() -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    for fast in (True, False):
+
+        async def main(fast: bool = fast) -> None:
+            m = _manager(Recorder("a", [], exceptions.OptionsError("bad option")), fast=fast)
+            try:
+                with pytest.raises(exceptions.OptionsError):
+                    await m.addons.handle_lifecycle(HttpRequestHeadersHook(tflow.tflow()))
+            finally:
+                m._legacy_log_events.uninstall()
+
+        asyncio.run(main())
+
+
+def test_hook_cache_is_dropped_when_options_change() -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        m = _manager(Recorder("a", seen), fast=True)
+        late = Recorder("late", seen)
+        try:
+            await m.addons.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+            m.addons.chain.append(late)  # as a loader that reorders its addons does, without register()
+            m.options.update(http2=False)
+            await m.addons.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+        finally:
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(main())
+    assert seen == ["a", "a", "late"]
 
 
 def test_hook_cache_follows_added_and_removed_addons() -> None:
