@@ -198,13 +198,26 @@ class Env:
             stop(p)
 
 
+def find_nginx() -> str:
+    """nginx, installed from Debian's packages first when it is missing and this runs as root with apt-get
+    (as scripts/test.sh does for curl and iptables): the benchmark is one command on a fresh machine."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("bench: installing nginx-light (the upstream)", file=sys.stderr, flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
+        install = ["apt-get", "install", "-y", "-qq", "nginx-light"]
+        subprocess.run(install, env=env, check=False, stdout=subprocess.DEVNULL)
+    if not Path(nginx).exists():
+        sys.exit("nginx not found, could not install it: apt-get install -y nginx-light (bench/README.md)")
+    return nginx
+
+
 def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tuple[Env, Any]:
     from s3proxy.standin.certs import make_certs
     from s3proxy.standin.dns import DnsServer
 
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        sys.exit("nginx not found: apt-get install -y nginx-light (bench/README.md)")
+    nginx = find_nginx()
     certs = make_certs(root / "certs", [VPCE])
     www = root / "www" / "bench"
     www.mkdir(parents=True)
