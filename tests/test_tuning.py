@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, http, master, options
 from mitmproxy.proxy import commands, context, events
 from mitmproxy.proxy import server_hooks as hooks
+from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
@@ -61,6 +62,9 @@ PINNED = {
     "safecall": (addonmanager.safecall, "f2052c18340e99b0"),
     "Hook.args": (tuning.ORIGINALS["mitmproxy.hooks.Hook.args"], "5bab95f7aa358e18"),
     "Connection.recv": (SSL.Connection.recv, "84b0e9671ae37797"),
+    # addons/s3proxy_addon.py install_stale_connection_replay:
+    "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
+    "HttpStream.make_server_connection": (http_layers.HttpStream.make_server_connection, "ddc7bc72f4d2fbc7"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
 }
 
@@ -73,6 +77,14 @@ def test_the_internals_tuning_relies_on_are_unchanged(name: str) -> None:
         f"{name} changed in this mitmproxy/h11/pyOpenSSL: re-check what s3proxy.tuning copies from it "
         f"or relies on, then update the pin ({got})"
     )
+
+
+def test_mitmproxy_still_names_a_connection_closed_before_the_response_as_replay_expects() -> None:
+    from addons.s3proxy_addon import install_stale_connection_replay
+
+    assert '"server closed connection"' in inspect.getsource(_http1.Http1Client.read_headers)
+    install_stale_connection_replay()
+    assert http_layers.HttpStream.handle_protocol_error.__wrapped__ is not None  # type: ignore[attr-defined]
 
 
 def test_mitmproxy_still_reads_the_size_wider_reads_widens() -> None:

@@ -106,6 +106,56 @@ def assert_serves_next(proxy: ProxyProcess, s3_backend: S3Backend) -> None:
     assert sha(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()) == sha(data)
 
 
+# --- upstream closes before answering -------------------------------------------------------------------
+
+
+def test_get_whose_upstream_connection_closes_before_answering_is_sent_again(
+    fault_proxy: ProxyProcess, s3_backend: S3Backend
+) -> None:
+    """The endpoint closes the connection a GET went out on without a byte of response (as a server closing
+    a kept-alive connection at that moment does): the proxy sends it once more on a new connection and the
+    client, which does not retry, gets the object."""
+    k, data = key(), os.urandom(200_000)
+    put_direct(s3_backend, k, data)
+    s3 = fault_proxy.boto3_client(region="us-east-1", config=NO_RETRY)
+    mark = s3_backend.tap.mark()
+    s3_backend.tap.add_fault(TapFault("cut-response", 0, match=k))
+    assert sha(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()) == sha(data)
+    assert s3.head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data)
+    gets = [r for r in s3_backend.tap.requests(mark) if r.method == "GET" and k in r.target]
+    assert len(gets) == 2 and gets[0].connection != gets[1].connection
+    assert len(s3_backend.tap.fired()) >= 1
+
+
+def test_get_is_sent_again_only_once(fault_proxy: ProxyProcess, s3_backend: S3Backend) -> None:
+    k, data = key(), os.urandom(1000)
+    put_direct(s3_backend, k, data)
+    s3 = fault_proxy.boto3_client(region="us-east-1", config=NO_RETRY)
+    mark = s3_backend.tap.mark()
+    s3_backend.tap.add_fault(TapFault("cut-response", 0, match=k, times=3))
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=BUCKET, Key=k)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert len([r for r in s3_backend.tap.requests(mark) if r.method == "GET" and k in r.target]) == 2
+    s3_backend.tap.clear_faults()
+    assert_serves_next(fault_proxy, s3_backend)
+
+
+def test_put_whose_connection_closes_before_answering_is_not_sent_again(
+    fault_proxy: ProxyProcess, s3_backend: S3Backend
+) -> None:
+    """A request with a body already streamed upstream cannot be sent again by the proxy: the client gets
+    the error (and an SDK's own retry sends the body again)."""
+    k = key()
+    s3 = fault_proxy.boto3_client(region="us-east-1", config=NO_RETRY)
+    mark = s3_backend.tap.mark()
+    s3_backend.tap.add_fault(TapFault("cut-response", 0, match=k))
+    with pytest.raises(CUT_ERRORS):
+        s3.put_object(Bucket=BUCKET, Key=k, Body=b"x" * 5000)
+    assert len([r for r in s3_backend.tap.requests(mark) if r.method == "PUT" and k in r.target]) == 1
+    assert_serves_next(fault_proxy, s3_backend)
+
+
 # --- upstream dies mid-download --------------------------------------------------------------------------
 
 
