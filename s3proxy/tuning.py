@@ -86,8 +86,8 @@ def _once(owner: Any, name: str, replacement: Callable[..., Any]) -> None:
 
 
 def wider_reads() -> None:
-    """Only reads of exactly mitmproxy's size are widened; anything else reading a StreamReader (the admin
-    listener, aiohttp-free helpers) is unaffected."""
+    """Only reads of exactly mitmproxy's size (its proxy server's connection loop is the one reader asking
+    for 65535 bytes) are widened; every other StreamReader read is left as asked."""
     original = asyncio.StreamReader.read
 
     async def read(self: asyncio.StreamReader, n: int = -1) -> bytes:
@@ -324,6 +324,7 @@ def fast_hooks(manager: Any) -> None:
                 cache.clear()
 
         setattr(manager, mutator, invalidating)
+
     def drop_cache(*_args: Any, **_kwargs: Any) -> None:
         cache.clear()
 
