@@ -130,7 +130,7 @@ def install_header_limit(limit: Callable[[], int]) -> None:
     server_cls.read_headers = read_headers
 
 
-# Requests replayed on a new upstream connection when a kept-alive one turns out closed (see below).
+# Requests replayed on a new upstream connection when theirs closed before any answer (see below).
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
 REPLAYED_KEY = "s3proxy_replayed"
 
@@ -167,7 +167,7 @@ def install_stale_connection_replay() -> None:
         ):
             flow.metadata[REPLAYED_KEY] = True
             log.info(
-                "upstream closed a kept-alive connection before answering %s %s: sent again on a new one",
+                "upstream closed the connection before answering %s %s: sent again on a new one",
                 flow.request.method,
                 _loggable(flow.request.path)[:200],
             )

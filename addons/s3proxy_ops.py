@@ -37,7 +37,7 @@ from mitmproxy import ctx, http
 
 from addons.s3proxy_addon import REFUSAL_KEY, REQUEST_KEY, S3Proxy, error_response, request_from_flow
 from s3proxy import __version__, admin, hosts, pac
-from s3proxy.accesslog import AccessRecord, build_record, format_json, format_text
+from s3proxy.accesslog import ID_HEADERS, AccessRecord, build_record, format_json, format_text
 from s3proxy.config import Config
 from s3proxy.engine import Decision
 from s3proxy.errors import S3Error
@@ -442,7 +442,7 @@ class Operations:
         end = resp.timestamp_end if resp is not None and resp.timestamp_end else self.clock()
         headers: tuple[tuple[str, str], ...] = ()
         if resp is not None:  # only the ids the record keeps (items() would scan every header per header)
-            headers = tuple((n, v) for n in _ID_HEADERS if (v := resp.headers.get(n)) is not None)
+            headers = tuple((n, v) for n in ID_HEADERS if (v := resp.headers.get(n)) is not None)
         return build_record(
             track.req,
             decision,
@@ -460,7 +460,5 @@ class Operations:
             redact_keys=redact,
         )
 
-
-_ID_HEADERS = ("x-amz-request-id", "x-amz-id-2")
 
 addons = [Operations()]

@@ -242,6 +242,11 @@ def _path_only(key: str | None) -> str | None:
     return None if key is None else key.partition("?")[0]
 
 
+# The response headers a record keeps (S3's request ids); callers may pass only these to build_record.
+REQUEST_ID_HEADER, HOST_ID_HEADER = "x-amz-request-id", "x-amz-id-2"
+ID_HEADERS = (REQUEST_ID_HEADER, HOST_ID_HEADER)
+
+
 def _header(headers: Headers, name: str) -> str | None:
     return next((v for k, v in headers if k.lower() == name), None)
 
@@ -328,8 +333,8 @@ def build_record(
         bytes_in=bytes_in,
         bytes_out=bytes_out,
         duration=duration,
-        request_id=_header(response_headers, "x-amz-request-id"),
-        host_id=_header(response_headers, "x-amz-id-2"),
+        request_id=_header(response_headers, REQUEST_ID_HEADER),
+        host_id=_header(response_headers, HOST_ID_HEADER),
         error_code=err.code if err is not None else None,
         refusal=refusal or _refusal(decision, err),
     )
