@@ -24,6 +24,12 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
   parser and s3proxy's addon sets only typed values.
 - `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
   `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
+- `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
+  first step mitmproxy's task factory gives it), waits for the connection's event lock, which the code that
+  started it still holds: one more loop pass, a lock waiter and a named, referenced task per hook. s3proxy
+  hands the HookCompleted of a hook that finished at once to the event loop already running under the lock,
+  names and references only the tasks that outlive their first step, and leaves hooks that suspend (an addon
+  awaited something) to finish as mitmproxy's tasks do.
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
@@ -67,6 +73,7 @@ def tune_mitmproxy() -> None:
         direct_bodies,
         no_message_typecheck,
         cached_hook_args,
+        inline_hooks,
     ):
         if enabled(change.__name__):
             change()
@@ -234,6 +241,96 @@ def cached_hook_args() -> None:
         return [getattr(self, name) for name in found]
 
     _once(hooks.Hook, "args", args)
+
+
+def inline_hooks() -> None:
+    from mitmproxy.proxy import commands, events, server
+    from mitmproxy.utils import asyncio_utils
+
+    async def hook_task(self: Any, hook: Any) -> None:
+        # mitmproxy's ConnectionHandler.hook_task. A hook that finished within its task's eager first
+        # step (no addon awaited anything pending) runs inside server_event, which holds the lock: its
+        # HookCompleted joins that server_event's queue instead of waiting for the lock.
+        await self.handle_hook(hook)
+        if hook.blocking:
+            completed = self.__dict__.get("_s3proxy_completed")
+            if completed is not None:
+                completed.append(events.HookCompleted(hook))
+            else:
+                await self.server_event(events.HookCompleted(hook))
+
+    def start_hook(self: Any, hook: Any) -> None:
+        # mitmproxy's asyncio_utils.create_task: its debug name and keep-alive reference are only for
+        # tasks that outlive their eager first step; most hooks finish in it.
+        task = asyncio.create_task(hook_task(self, hook))
+        if not task.done():
+            asyncio_utils.set_task_debug_info(
+                task, name=f"handle_hook({hook.name})", client=self.client.peername
+            )
+            asyncio_utils._KEEP_ALIVE.add(task)
+            task.add_done_callback(asyncio_utils._KEEP_ALIVE.discard)
+
+    async def server_event(self: Any, event: Any) -> None:
+        # mitmproxy's ConnectionHandler.server_event, with hooks run in place (start_hook) and the
+        # HookCompleted events of those that finished handled right after, under the same lock.
+        async with self._server_event_lock:
+            # No `await` beyond this point: code that runs while `_s3proxy_completed` is set runs inside
+            # this block (an eager task started here).
+            completed: list[Any] = []
+            self._s3proxy_completed = completed
+            try:
+                while True:
+                    self.timeout_watchdog.register_activity()
+                    try:
+                        layer_commands = self.layer.handle_event(event)
+                        for command in layer_commands:
+                            if isinstance(command, commands.OpenConnection):
+                                assert command.connection not in self.transports
+                                handler = asyncio_utils.create_task(
+                                    self.open_connection(command),
+                                    name=f"server connection handler {command.connection.address}",
+                                    keep_ref=False,
+                                    client=self.client.peername,
+                                )
+                                self.transports[command.connection] = server.ConnectionIO(handler=handler)
+                            elif isinstance(command, commands.RequestWakeup):
+                                task = asyncio_utils.create_task(
+                                    self.wakeup(command),
+                                    name=f"wakeup timer ({command.delay:.1f}s)",
+                                    keep_ref=False,
+                                    client=self.client.peername,
+                                )
+                                assert task is not None
+                                self.wakeup_timer.add(task)
+                            elif (
+                                isinstance(command, commands.ConnectionCommand)
+                                and command.connection not in self.transports
+                            ):
+                                pass  # The connection has already been closed.
+                            elif isinstance(command, commands.SendData):
+                                writer = self.transports[command.connection].writer
+                                assert writer
+                                if not writer.is_closing():
+                                    writer.write(command.data)
+                            elif isinstance(command, commands.CloseTcpConnection):
+                                self.close_connection(command.connection, command.half_close)
+                            elif isinstance(command, commands.CloseConnection):
+                                self.close_connection(command.connection, False)
+                            elif isinstance(command, commands.StartHook):
+                                start_hook(self, command)
+                            elif isinstance(command, commands.Log):
+                                self.log(command.message, command.level)
+                            else:
+                                raise RuntimeError(f"Unexpected command: {command}")
+                    except Exception:
+                        self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
+                    if not completed:
+                        return
+                    event = completed.pop(0)
+            finally:
+                self._s3proxy_completed = None
+
+    _once(server.ConnectionHandler, "server_event", server_event)
 
 
 def fast_hooks(manager: Any) -> None:

@@ -7,11 +7,13 @@ their source, so an upgrade that changes them fails here first."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import logging
 import random
 import re
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,13 +24,14 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, http, master, options
-from mitmproxy.proxy import commands, context, events
+from mitmproxy.proxy import commands, context, events, layer, server
 from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.test import tflow
+from mitmproxy.utils import asyncio_utils
 
 from s3proxy import tuning
 
@@ -61,6 +64,12 @@ PINNED = {
     "AddonManager._iter_hooks": (addonmanager.AddonManager._iter_hooks, "350b419ab7284091"),
     "safecall": (addonmanager.safecall, "f2052c18340e99b0"),
     "Hook.args": (tuning.ORIGINALS["mitmproxy.hooks.Hook.args"], "5bab95f7aa358e18"),
+    "ConnectionHandler.server_event": (
+        tuning.ORIGINALS["mitmproxy.proxy.server.ConnectionHandler.server_event"],
+        "a2b42657ebe8bf6d",
+    ),
+    "ConnectionHandler.hook_task": (server.ConnectionHandler.hook_task, "9ac7970160526268"),
+    "asyncio_utils.create_task": (asyncio_utils.create_task, "1e4ddcc5df8a95ab"),
     "Connection.recv": (SSL.Connection.recv, "84b0e9671ae37797"),
     # addons/s3proxy_addon.py install_stale_connection_replay:
     "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
@@ -663,5 +672,106 @@ def test_no_tune_turns_everything_off(monkeypatch: pytest.MonkeyPatch) -> None:
         tuning.fast_hooks(m.addons)
         m._legacy_log_events.uninstall()
         assert m.addons.trigger_event == before
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------ inline_hooks
+
+
+@dataclasses.dataclass
+class TuningProbeHook(commands.StartHook):
+    n: int
+
+
+class HookLayer(layer.Layer):
+    """Asks for three blocking hooks in a row on Start and notes every event it sees."""
+
+    def __init__(self, context: context.Context, seen: list[Any]) -> None:
+        super().__init__(context)
+        self.seen = seen
+
+    def _handle_event(self, event: events.Event) -> Any:
+        self.seen.append(("event", type(event).__name__))
+        if isinstance(event, events.Start):
+            for n in range(3):
+                yield TuningProbeHook(n)
+                self.seen.append(("resumed", n))
+            yield commands.Log("done", logging.DEBUG)
+
+
+class ProbeHandler(server.ConnectionHandler):
+    """A connection handler whose hooks do what `behaviour` says per hook number: nothing, await a loop
+    pass (a hook that suspends), or raise."""
+
+    def __init__(self, seen: list[Any], behaviour: dict[int, str], original: bool) -> None:
+        client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+        super().__init__(context.Context(client, options.Options()))
+        self.layer = HookLayer(context.Context(client, options.Options()), seen)
+        self.seen = seen
+        self.behaviour = behaviour
+        if original:
+            self.server_event = types.MethodType(  # type: ignore[method-assign]
+                tuning.ORIGINALS["mitmproxy.proxy.server.ConnectionHandler.server_event"], self
+            )
+
+    async def handle_hook(self, hook: commands.StartHook) -> None:
+        assert isinstance(hook, TuningProbeHook)
+        self.seen.append(("hook", hook.n, asyncio.current_task() is not None))
+        what = self.behaviour.get(hook.n)
+        if what == "await":
+            await asyncio.sleep(0)
+            self.seen.append(("hook-resumed", hook.n))
+        elif what == "raise":
+            raise ValueError(f"hook {hook.n} failed")
+
+    def log(self, message: str, level: int = logging.INFO, exc_info: Any = None) -> None:
+        self.seen.append(("log", message))
+
+
+def _run_hooks(behaviour: dict[int, str], *, eager: bool, original: bool) -> list[Any]:
+    seen: list[Any] = []
+    errors: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(repr(ctx.get("exception"))))
+        if eager:
+            loop.set_task_factory(asyncio.eager_task_factory)
+        handler = ProbeHandler(seen, behaviour, original)
+        await handler.server_event(events.Start())
+        for _ in range(10):  # let suspended hooks finish
+            await asyncio.sleep(0)
+        import gc
+
+        gc.collect()  # a failed task's exception is reported when the task is collected
+
+    asyncio.run(main())
+    return seen + [("error", e) for e in errors]
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager-tasks", "plain-tasks"])
+@pytest.mark.parametrize(
+    "behaviour",
+    [{}, {1: "await"}, {0: "await", 2: "await"}, {1: "raise"}],
+    ids=["all-finish-at-once", "one-suspends", "two-suspend", "one-raises"],
+)
+def test_hooks_run_and_complete_as_in_mitmproxy(behaviour: dict[int, str], eager: bool) -> None:
+    tuned = _run_hooks(behaviour, eager=eager, original=False)
+    assert tuned == _run_hooks(behaviour, eager=eager, original=True)
+    assert ("hook", 0, True) in tuned  # hooks run in a task of their own, as in mitmproxy
+    if "raise" not in behaviour.values():
+        assert tuned[-2:] == [("resumed", 2), ("log", "done")]
+
+
+def test_hooks_that_finish_at_once_complete_without_a_loop_pass() -> None:
+    seen: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        handler = ProbeHandler(seen, {}, original=False)
+        await handler.server_event(events.Start())  # no loop pass in between
+        assert ("resumed", 2) in seen
+        assert handler._s3proxy_completed is None
 
     asyncio.run(main())
