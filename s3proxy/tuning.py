@@ -103,19 +103,43 @@ def wider_reads() -> None:
     _once(asyncio.StreamReader, "read", read)
 
 
+# One scratch buffer per thread (the event loop's) for OpenSSL to write into: each use copies what it
+# needs out before returning, and allocating hundreds of KiB per read or drain costs more than the copy.
+SCRATCH_SIZE = max(TLS_DRAIN_SIZE, READ_SIZE + TLS_HELD_BACK)
+_local = threading.local()
+
+
+def _scratch() -> Any:
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        from OpenSSL.SSL import _no_zero_allocator  # type: ignore[attr-defined]  # pinned by tests
+
+        scratch = _local.scratch = _no_zero_allocator("char[]", SCRATCH_SIZE)
+    return scratch
+
+
 def batched_tls_output() -> None:
     from mitmproxy.proxy import commands
     from mitmproxy.proxy.layers import tls
     from OpenSSL import SSL
+    from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
 
     def tls_interact(self: Any) -> Any:
-        # mitmproxy's TLSLayer.tls_interact, draining up to TLS_DRAIN_SIZE per read instead of 64 KiB.
+        # mitmproxy's TLSLayer.tls_interact, draining up to TLS_DRAIN_SIZE per read instead of 64 KiB, into
+        # the scratch buffer: pyOpenSSL's bio_read, without allocating a buffer of that size per call.
+        conn = self.tls
         while True:
-            try:
-                data = self.tls.bio_read(TLS_DRAIN_SIZE)
-            except SSL.WantReadError:
-                return
-            yield commands.SendData(self.conn, data)
+            bio = conn._from_ssl
+            if bio is None:
+                raise TypeError("Connection sock was not None")  # as bio_read: mitmproxy uses memory BIOs
+            scratch = _scratch()
+            result = _lib.BIO_read(bio, scratch, TLS_DRAIN_SIZE)
+            if result <= 0:
+                try:
+                    conn._handle_bio_errors(bio, result)
+                except SSL.WantReadError:
+                    return
+            yield commands.SendData(self.conn, _ffi.buffer(scratch, result)[:])
 
     _once(tls.TLSLayer, "tls_interact", tls_interact)
 
@@ -125,23 +149,14 @@ def fewer_tls_copies() -> None:
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy.layers import tls
     from OpenSSL import SSL
-    from OpenSSL.SSL import (  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
-        _ffi,
-        _lib,
-        _no_zero_allocator,
-    )
+    from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
 
-    # One scratch buffer per thread (the event loop's): reads run to completion without yielding, and
-    # allocating hundreds of KiB per read costs more than the copy it saves.
     scratch_size = READ_SIZE + TLS_HELD_BACK
-    local = threading.local()
 
     def read_plaintext(conn: SSL.Connection) -> tuple[bytes, SSL.Error | None]:
         """Everything OpenSSL can decrypt now, and the error that ended the reading (WantReadError when
         it simply needs more input), as pyOpenSSL's `recv` would have raised it."""
-        scratch = getattr(local, "scratch", None)
-        if scratch is None:
-            scratch = local.scratch = _no_zero_allocator("char[]", scratch_size)
+        scratch = _scratch()
         pieces: list[bytes] = []
         while True:
             off = 0

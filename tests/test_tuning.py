@@ -70,6 +70,8 @@ PINNED = {
     ),
     "ConnectionHandler.hook_task": (server.ConnectionHandler.hook_task, "9ac7970160526268"),
     "asyncio_utils.create_task": (asyncio_utils.create_task, "1e4ddcc5df8a95ab"),
+    "Connection.bio_read": (SSL.Connection.bio_read, "bc83763ed40fc664"),
+    "Connection._handle_bio_errors": (SSL.Connection._handle_bio_errors, "eaea77f2e1fab12e"),
     "Connection.recv": (SSL.Connection.recv, "84b0e9671ae37797"),
     # addons/s3proxy_addon.py install_stale_connection_replay:
     "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
