@@ -364,7 +364,8 @@ def _safe(text: str | None, *, text_form: bool = False) -> str | None:
 
 
 def _timestamp(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    # "2026-01-02T03:04:05.678+00:00" -> "2026-01-02T03:04:05.678Z" (isoformat truncates to milliseconds).
+    return t.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def as_dict(record: AccessRecord) -> dict[str, object]:

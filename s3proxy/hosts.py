@@ -12,6 +12,7 @@ Host forms: https://docs.aws.amazon.com/general/latest/gr/s3.html and the S3 end
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -103,6 +104,9 @@ def _not_s3(host: str, reason: str) -> HostClass:
     return HostClass("not-s3", host=host, reason=reason)
 
 
+# A request's host is classified several times (CONNECT, request, rewrite, access log); the answer is
+# immutable and depends on the string alone. Bounded, so hosts that vary per request only cost the lookup.
+@functools.lru_cache(maxsize=1024)
 def classify_host(host: str) -> HostClass:
     """Classify a hostname (port and trailing dot allowed, any case). Never raises."""
     h = normalize_host(host)
