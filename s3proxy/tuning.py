@@ -9,8 +9,8 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `wider_reads`: mitmproxy reads 64 KiB per socket read and pushes each read through its whole layer
   stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass.
 - `batched_tls_output`: after encrypting, mitmproxy drains OpenSSL's output 64 KiB at a time and sends each
-  piece as its own command (a pass through the layer stack and a syscall each); s3proxy drains what is
-  pending in one piece.
+  piece as its own command (a pass through the layer stack and a syscall each), into a buffer pyOpenSSL
+  allocates per call; s3proxy drains what is pending in one piece, through one reused buffer.
 - `fewer_tls_copies`: mitmproxy decrypts one TLS record (16 KiB) per call into a fresh 64 KiB buffer, copies
   it out, appends it to a bytearray and copies that again; s3proxy decrypts every record available into one
   reused buffer and copies it out once. Errors are handled as mitmproxy handles them (logged, or the close
@@ -30,6 +30,10 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
   hands the HookCompleted of a hook that finished at once to the event loop already running under the lock,
   names and references only the tasks that outlive their first step, and leaves hooks that suspend (an addon
   awaited something) to finish as mitmproxy's tasks do.
+- `coalesced_writes` (part of inline_hooks' server_event): consecutive SendData commands for one connection
+  (a response's head and body, a handshake flight) become one socket write instead of one each; a Log
+  between them does not separate them, any other command writes what is held first, and so does the end of
+  each event, so nothing waits for a hook or a later event.
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
@@ -262,6 +266,8 @@ def inline_hooks() -> None:
     from mitmproxy.proxy import commands, events, server
     from mitmproxy.utils import asyncio_utils
 
+    coalesce = enabled("coalesced_writes")
+
     async def hook_task(self: Any, hook: Any) -> None:
         # mitmproxy's ConnectionHandler.hook_task. A hook that finished within its task's eager first
         # step (no addon awaited anything pending) runs inside server_event, which holds the lock: its
@@ -293,12 +299,17 @@ def inline_hooks() -> None:
             # this block (an eager task started here).
             completed: list[Any] = []
             self._s3proxy_completed = completed
+            held_writer: Any = None  # coalesce: consecutive SendData for one connection, written once
+            held: list[bytes] = []
             try:
                 while True:
                     self.timeout_watchdog.register_activity()
                     try:
                         layer_commands = self.layer.handle_event(event)
                         for command in layer_commands:
+                            if held and type(command) not in (commands.SendData, commands.Log):
+                                held_writer.write(held[0] if len(held) == 1 else b"".join(held))
+                                held_writer, held = None, []
                             if isinstance(command, commands.OpenConnection):
                                 assert command.connection not in self.transports
                                 handler = asyncio_utils.create_task(
@@ -326,7 +337,14 @@ def inline_hooks() -> None:
                                 writer = self.transports[command.connection].writer
                                 assert writer
                                 if not writer.is_closing():
-                                    writer.write(command.data)
+                                    if not coalesce:
+                                        writer.write(command.data)
+                                    elif writer is held_writer:
+                                        held.append(command.data)
+                                    else:
+                                        if held:
+                                            held_writer.write(b"".join(held))
+                                        held_writer, held = writer, [command.data]
                             elif isinstance(command, commands.CloseTcpConnection):
                                 self.close_connection(command.connection, command.half_close)
                             elif isinstance(command, commands.CloseConnection):
@@ -339,11 +357,16 @@ def inline_hooks() -> None:
                                 raise RuntimeError(f"Unexpected command: {command}")
                     except Exception:
                         self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
+                    if held:
+                        held_writer.write(held[0] if len(held) == 1 else b"".join(held))
+                        held_writer, held = None, []
                     if not completed:
                         return
                     event = completed.pop(0)
             finally:
                 self._s3proxy_completed = None
+                if held:
+                    held_writer.write(b"".join(held))
 
     _once(server.ConnectionHandler, "server_event", server_event)
 

@@ -777,3 +777,78 @@ def test_hooks_that_finish_at_once_complete_without_a_loop_pass() -> None:
         assert handler._s3proxy_completed is None
 
     asyncio.run(main())
+
+
+class WriteLayer(layer.Layer):
+    """On Start: writes to two connections, with a Log and a hook in between."""
+
+    def __init__(self, context: context.Context, a: connection.Connection, b: connection.Connection) -> None:
+        super().__init__(context)
+        self.a, self.b = a, b
+
+    def _handle_event(self, event: events.Event) -> Any:
+        if isinstance(event, events.Start):
+            a, b = self.a, self.b
+            yield commands.SendData(a, b"1")
+            yield commands.SendData(a, b"2")
+            yield commands.Log("between", logging.DEBUG)
+            yield commands.SendData(a, b"3")
+            yield commands.SendData(b, b"x")
+            yield commands.SendData(a, b"4")
+            yield TuningProbeHook(0)
+            yield commands.SendData(a, b"5")
+            yield commands.SendData(a, b"6")
+
+
+class FakeWriter:
+    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
+        self.name, self.log = name, log
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, bytes(data)))
+
+
+_SERVER_EVENT = "mitmproxy.proxy.server.ConnectionHandler.server_event"
+
+
+def _writes(original: bool) -> list[tuple[str, bytes]]:
+    log: list[tuple[str, bytes]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        handler = ProbeHandler([], {}, original)
+        a = connection.Server(address=("a.test", 443))
+        b = connection.Server(address=("b.test", 443))
+        handler.layer = WriteLayer(handler.layer.context, a, b)
+        handler.transports[a] = server.ConnectionIO(handler=None, reader=None, writer=FakeWriter("a", log))  # type: ignore[arg-type]
+        handler.transports[b] = server.ConnectionIO(handler=None, reader=None, writer=FakeWriter("b", log))  # type: ignore[arg-type]
+        await handler.server_event(events.Start())
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    return log
+
+
+def test_consecutive_writes_to_one_connection_are_coalesced_in_order() -> None:
+    assert _writes(original=True) == [
+        ("a", b"1"), ("a", b"2"), ("a", b"3"), ("b", b"x"), ("a", b"4"), ("a", b"5"), ("a", b"6")
+    ]  # fmt: skip
+    # The same bytes per connection in the same order across connections: one write per run of SendData,
+    # not split by the Log, split by the other connection's write and by the hook.
+    assert _writes(original=False) == [("a", b"123"), ("b", b"x"), ("a", b"4"), ("a", b"56")]
+
+
+def test_writes_are_not_coalesced_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3PROXY_NO_TUNE", "coalesced_writes")
+    original = server.ConnectionHandler.server_event
+    monkeypatch.setattr(server.ConnectionHandler, "server_event", tuning.ORIGINALS.pop(_SERVER_EVENT))
+    try:
+        tuning.inline_hooks()  # records mitmproxy's server_event in ORIGINALS again
+        assert server.ConnectionHandler.server_event is not original
+        assert _writes(original=False) == _writes(original=True)
+    finally:
+        monkeypatch.setattr(server.ConnectionHandler, "server_event", original)
