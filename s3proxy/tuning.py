@@ -27,13 +27,14 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
   first step mitmproxy's task factory gives it), waits for the connection's event lock, which the code that
   started it still holds: one more loop pass, a lock waiter and a named, referenced task per hook. s3proxy
-  hands the HookCompleted of a hook that finished at once to the event loop already running under the lock,
-  names and references only the tasks that outlive their first step, and leaves hooks that suspend (an addon
-  awaited something) to finish as mitmproxy's tasks do.
+  hands the HookCompleted of a hook that finished at once to the event processing already running under
+  the lock, names and references only the tasks that outlive their first step, and leaves hooks that
+  suspend (an addon awaited something) to finish as mitmproxy's tasks do.
 - `coalesced_writes` (part of inline_hooks' server_event): consecutive SendData commands for one connection
   (a response's head and body, a handshake flight) become one socket write instead of one each; a Log
   between them does not separate them, any other command writes what is held first, and so does the end of
-  each event, so nothing waits for a hook or a later event.
+  each event, so nothing waits for a hook or a later event. Datagram connections keep one write per
+  SendData; a write that fails is logged as mitmproxy logs it ("mitmproxy has crashed!").
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
@@ -44,6 +45,7 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -301,6 +303,13 @@ def inline_hooks() -> None:
             self._s3proxy_completed = completed
             held_writer: Any = None  # coalesce: consecutive SendData for one connection, written once
             held: list[bytes] = []
+
+            def flush() -> None:
+                nonlocal held_writer, held
+                writer, data = held_writer, held
+                held_writer, held = None, []
+                writer.write(data[0] if len(data) == 1 else b"".join(data))
+
             try:
                 while True:
                     self.timeout_watchdog.register_activity()
@@ -308,8 +317,7 @@ def inline_hooks() -> None:
                         layer_commands = self.layer.handle_event(event)
                         for command in layer_commands:
                             if held and type(command) not in (commands.SendData, commands.Log):
-                                held_writer.write(held[0] if len(held) == 1 else b"".join(held))
-                                held_writer, held = None, []
+                                flush()
                             if isinstance(command, commands.OpenConnection):
                                 assert command.connection not in self.transports
                                 handler = asyncio_utils.create_task(
@@ -337,14 +345,16 @@ def inline_hooks() -> None:
                                 writer = self.transports[command.connection].writer
                                 assert writer
                                 if not writer.is_closing():
-                                    if not coalesce:
-                                        writer.write(command.data)
-                                    elif writer is held_writer:
+                                    if writer is held_writer:
                                         held.append(command.data)
-                                    else:
+                                    elif coalesce and command.connection.transport_protocol == "tcp":
                                         if held:
-                                            held_writer.write(b"".join(held))
+                                            flush()
                                         held_writer, held = writer, [command.data]
+                                    else:  # datagrams stay one write each
+                                        if held:
+                                            flush()
+                                        writer.write(command.data)
                             elif isinstance(command, commands.CloseTcpConnection):
                                 self.close_connection(command.connection, command.half_close)
                             elif isinstance(command, commands.CloseConnection):
@@ -355,18 +365,31 @@ def inline_hooks() -> None:
                                 self.log(command.message, command.level)
                             else:
                                 raise RuntimeError(f"Unexpected command: {command}")
+                        if held:
+                            flush()
                     except Exception:
                         self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
-                    if held:
-                        held_writer.write(held[0] if len(held) == 1 else b"".join(held))
-                        held_writer, held = None, []
+                        if held:  # what came before the crash, written as mitmproxy would have
+                            try:
+                                flush()
+                            except Exception:
+                                self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
                     if not completed:
                         return
                     event = completed.pop(0)
             finally:
                 self._s3proxy_completed = None
-                if held:
-                    held_writer.write(b"".join(held))
+                if completed or held:  # only after a BaseException: leave nothing behind
+                    with contextlib.suppress(Exception):
+                        if held:
+                            flush()
+                    for ev in completed:
+                        asyncio_utils.create_task(
+                            self.server_event(ev),
+                            name="server_event(HookCompleted)",
+                            keep_ref=True,
+                            client=self.client.peername,
+                        )
 
     _once(server.ConnectionHandler, "server_event", server_event)
 

@@ -801,14 +801,22 @@ class WriteLayer(layer.Layer):
 
 
 class FakeWriter:
-    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
+    def __init__(self, name: str, log: list[tuple[str, bytes]], fail_after_eof: bool = False) -> None:
         self.name, self.log = name, log
+        self.eof = False
+        self.fail_after_eof = fail_after_eof
 
     def is_closing(self) -> bool:
         return False
 
     def write(self, data: bytes) -> None:
+        if self.eof and self.fail_after_eof:
+            raise RuntimeError("Cannot call write() after write_eof()")  # asyncio's StreamWriter
         self.log.append((self.name, bytes(data)))
+
+    def write_eof(self) -> None:
+        self.eof = True
+        self.log.append((self.name, b"EOF"))
 
 
 _SERVER_EVENT = "mitmproxy.proxy.server.ConnectionHandler.server_event"
@@ -852,3 +860,67 @@ def test_writes_are_not_coalesced_when_turned_off(monkeypatch: pytest.MonkeyPatc
         assert _writes(original=False) == _writes(original=True)
     finally:
         monkeypatch.setattr(server.ConnectionHandler, "server_event", original)
+
+
+class HalfCloseLayer(layer.Layer):
+    """On Start: data, a hook that a child layer blocks on (the outer layer goes on), more data, a
+    half-close, and, when asked to, data after the half-close (a write error in asyncio)."""
+
+    def __init__(
+        self, context: context.Context, seen: list[Any], a: connection.Connection, late: bool
+    ) -> None:
+        super().__init__(context)
+        self.seen, self.a, self.late = seen, a, late
+
+    def _handle_event(self, event: events.Event) -> Any:
+        self.seen.append(("event", type(event).__name__))
+        if isinstance(event, events.Start):
+            hook = TuningProbeHook(0)
+            hook.blocking = object()  # type: ignore[assignment]  # as a child layer's blocking hook looks
+            yield commands.SendData(self.a, b"1")
+            yield hook
+            yield commands.SendData(self.a, b"2")
+            yield commands.CloseTcpConnection(self.a, half_close=True)
+            if self.late:
+                yield commands.SendData(self.a, b"3")
+            yield commands.Log("after-hook", logging.DEBUG)
+
+
+def _half_close(original: bool, late: bool) -> tuple[list[Any], list[tuple[str, bytes]]]:
+    seen: list[Any] = []
+    writes: list[tuple[str, bytes]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        handler = ProbeHandler(seen, {}, original)
+        a = connection.Server(address=("a.test", 443))
+        a.state = connection.ConnectionState.OPEN
+        handler.layer = HalfCloseLayer(handler.layer.context, seen, a, late)
+        writer = FakeWriter("a", writes, fail_after_eof=True)
+        handler.transports[a] = server.ConnectionIO(handler=None, reader=None, writer=writer)  # type: ignore[arg-type]
+        await handler.server_event(events.Start())
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    return seen, writes
+
+
+def test_held_writes_go_before_a_half_close_as_in_mitmproxy() -> None:
+    tuned = _half_close(original=False, late=False)
+    assert tuned == _half_close(original=True, late=False)
+    seen, writes = tuned
+    assert writes == [("a", b"1"), ("a", b"2"), ("a", b"EOF")]
+    assert ("log", "after-hook") in seen
+
+
+def test_a_failing_held_write_is_logged_as_mitmproxy_logs_it() -> None:
+    seen, writes = _half_close(original=False, late=True)
+    mitmproxy_seen, mitmproxy_writes = _half_close(original=True, late=True)
+    assert writes == mitmproxy_writes == [("a", b"1"), ("a", b"2"), ("a", b"EOF")]
+    # The write after write_eof() raises: the event ends with mitmproxy's crash log in both, and the hook
+    # still completes. Only a Log command between the failed write and the point where it is written
+    # (here, the end of the event) is still logged when the write is held.
+    assert [x for x in seen if x != ("log", "after-hook")] == mitmproxy_seen
+    assert ("log", "mitmproxy has crashed!") in seen
+    assert seen[-1] == ("event", "HookCompleted")
