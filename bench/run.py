@@ -919,6 +919,9 @@ def main() -> int:
     if args.load_client:
         print(json.dumps(asyncio.run(_load(json.loads(args.load_client)))))
         return 0
+    # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so nginx, the DNS server and the proxies are
+    # stopped instead of being left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     out = run_bench(args)
     print()
     print(table(out))
