@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -50,6 +52,7 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024, typed=True)  # the values are few (see the note above), repeated per request
 def _label(value: object) -> str:
     if value is None or value == "":
         return "none"
@@ -141,6 +144,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._requests: dict[tuple[str, str, str, str], Any] = {}
+        self._children: dict[tuple[int, str, str], Any] = {}
         self.refusals = Counter(
             "s3proxy_refusals",
             "Requests the proxy refused or failed itself, by reason (signing, dns, unsupported-fips, ...).",
@@ -190,18 +195,29 @@ class Metrics:
     def observe(self, record: AccessRecord) -> None:
         """Count one finished request from its access record."""
         family, region = _label(record.family), _label(record.region)
-        self.requests.labels(
-            family=family, region=region, status=_label(record.status), signing=_label(record.signing)
-        ).inc()
+        # prometheus_client's labels() validates and locks on every call: the children are looked up once
+        # per label set (as many as families x regions x statuses, which bound the series anyway).
+        key = (family, region, _label(record.status), _label(record.signing))
+        counted = self._requests.get(key)
+        if counted is None:
+            counted = self._requests[key] = self.requests.labels(*key)
+        counted.inc()
         if record.bytes_in > 0:
-            self.bytes_in.labels(family=family, region=region).inc(record.bytes_in)
+            self._child(self.bytes_in, family, region).inc(record.bytes_in)
         if record.bytes_out > 0:
-            self.bytes_out.labels(family=family, region=region).inc(record.bytes_out)
-        self.latency.labels(family=family, region=region).observe(max(record.duration, 0.0))
+            self._child(self.bytes_out, family, region).inc(record.bytes_out)
+        self._child(self.latency, family, region).observe(max(record.duration, 0.0))
         if record.action in ("reject", "error"):
             self.refusals.labels(reason=_label(record.refusal or record.error_code)).inc()
         if record.upstream_status is not None and record.upstream_status >= 500:
             self.upstream_errors.labels(region=region).inc()
+
+    def _child(self, metric: Any, family: str, region: str) -> Any:
+        key = (id(metric), family, region)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(family, region)
+        return child
 
     def refusal(self, reason: str) -> None:
         """A refusal that has no access record (a CONNECT refused before any request)."""
