@@ -52,7 +52,7 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-@functools.lru_cache(maxsize=1024, typed=True)  # the values are few (see the note above), repeated per request
+@functools.lru_cache(maxsize=1024, typed=True)  # few values (see the note above), repeated per request
 def _label(value: object) -> str:
     if value is None or value == "":
         return "none"
