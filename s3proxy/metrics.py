@@ -144,8 +144,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self._requests: dict[tuple[str, str, str, str], Any] = {}
-        self._children: dict[tuple[int, str, str], Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
         self.refusals = Counter(
             "s3proxy_refusals",
             "Requests the proxy refused or failed itself, by reason (signing, dns, unsupported-fips, ...).",
@@ -197,31 +196,28 @@ class Metrics:
         family, region = _label(record.family), _label(record.region)
         # prometheus_client's labels() validates and locks on every call: the children are looked up once
         # per label set (as many as families x regions x statuses, which bound the series anyway).
-        key = (family, region, _label(record.status), _label(record.signing))
-        counted = self._requests.get(key)
-        if counted is None:
-            counted = self._requests[key] = self.requests.labels(*key)
-        counted.inc()
+        self._child(self.requests, family, region, _label(record.status), _label(record.signing)).inc()
         if record.bytes_in > 0:
             self._child(self.bytes_in, family, region).inc(record.bytes_in)
         if record.bytes_out > 0:
             self._child(self.bytes_out, family, region).inc(record.bytes_out)
         self._child(self.latency, family, region).observe(max(record.duration, 0.0))
         if record.action in ("reject", "error"):
-            self.refusals.labels(reason=_label(record.refusal or record.error_code)).inc()
+            self._child(self.refusals, _label(record.refusal or record.error_code)).inc()
         if record.upstream_status is not None and record.upstream_status >= 500:
-            self.upstream_errors.labels(region=region).inc()
+            self._child(self.upstream_errors, region).inc()
 
-    def _child(self, metric: Any, family: str, region: str) -> Any:
-        key = (id(metric), family, region)
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label set."""
+        key = (id(metric), *values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(family, region)
+            child = self._children[key] = metric.labels(*values)
         return child
 
     def refusal(self, reason: str) -> None:
         """A refusal that has no access record (a CONNECT refused before any request)."""
-        self.refusals.labels(reason=_label(reason)).inc()
+        self._child(self.refusals, _label(reason)).inc()
 
     # -- events from the addon -----------------------------------------------------------------------------
     def redirect_learned(self) -> None:

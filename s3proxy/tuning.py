@@ -157,8 +157,6 @@ def fewer_tls_copies() -> None:
     from OpenSSL import SSL
     from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
 
-    scratch_size = READ_SIZE + TLS_HELD_BACK
-
     def read_plaintext(conn: SSL.Connection) -> tuple[bytes, SSL.Error | None]:
         """Everything OpenSSL can decrypt now, and the error that ended the reading (WantReadError when
         it simply needs more input), as pyOpenSSL's `recv` would have raised it."""
@@ -167,8 +165,8 @@ def fewer_tls_copies() -> None:
         while True:
             off = 0
             err: SSL.Error | None = None
-            while off < scratch_size:
-                result = _lib.SSL_read(conn._ssl, scratch + off, scratch_size - off)
+            while off < SCRATCH_SIZE:
+                result = _lib.SSL_read(conn._ssl, scratch + off, SCRATCH_SIZE - off)
                 if result <= 0:
                     try:
                         conn._raise_ssl_error(conn._ssl, result)
