@@ -7,14 +7,18 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 (for comparison: bench/README.md).
 
 - `wider_reads`: mitmproxy reads 64 KiB per socket read and pushes each read through its whole layer
-  stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass.
+  stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass, has the socket
+  receive that much per call (asyncio: 256 KiB) without pausing and resuming it around every read, and
+  hands a receive on as the bytes object it is instead of copying it into and out of the reader's buffer.
 - `batched_tls_output`: after encrypting, mitmproxy drains OpenSSL's output 64 KiB at a time and sends each
   piece as its own command (a pass through the layer stack and a syscall each), into a buffer pyOpenSSL
-  allocates per call; s3proxy drains what is pending in one piece, through one reused buffer.
+  allocates per call, until a read raises WantReadError; s3proxy drains what is pending in one piece,
+  through one reused buffer, and stops there.
 - `fewer_tls_copies`: mitmproxy decrypts one TLS record (16 KiB) per call into a fresh 64 KiB buffer, copies
   it out, appends it to a bytearray and copies that again; s3proxy decrypts every record available into one
-  reused buffer and copies it out once. Errors are handled as mitmproxy handles them (logged, or the close
-  passed on after the plaintext before it).
+  reused buffer and copies it out once, and learns that OpenSSL needs more input (how nearly every read
+  ends) without raising and catching WantReadError. Errors are handled as mitmproxy handles them (logged,
+  or the close passed on after the plaintext before it).
 - `direct_bodies`: mitmproxy appends every body read to h11's receive buffer and h11 slices it out again
   (three copies); when the buffer is empty and the read lies within the declared Content-Length, s3proxy
   passes the read on as the body data it is. Chunked, close-delimited and pipelined data take mitmproxy's
@@ -56,7 +60,9 @@ from typing import Any
 
 # mitmproxy reads at most this much per socket read (its own constant).
 MITMPROXY_READ_SIZE = 65535
-READ_SIZE = 256 * 1024
+READ_SIZE = 512 * 1024
+# A reader pauses its socket when more than twice its limit waits unread (asyncio's StreamReader).
+READ_LIMIT = READ_SIZE // 2
 # The most TLS output drained in one piece: a READ_SIZE read re-encrypted, with room to spare.
 TLS_DRAIN_SIZE = READ_SIZE + 64 * 1024
 # Room for what OpenSSL held back from an earlier read (part of a TLS record) on top of a READ_SIZE read;
@@ -100,13 +106,64 @@ def _once(owner: Any, name: str, replacement: Callable[..., Any]) -> None:
 
 def wider_reads() -> None:
     """Only reads of exactly mitmproxy's size (its proxy server's connection loop is the one reader asking
-    for 65535 bytes) are widened; every other StreamReader read is left as asked."""
-    original = asyncio.StreamReader.read
+    for 65535 bytes) are widened; every other StreamReader read is left as asked.
 
-    async def read(self: asyncio.StreamReader, n: int = -1) -> bytes:
-        return await original(self, READ_SIZE if n == MITMPROXY_READ_SIZE else n)
+    The first such read also widens what its connection's socket transport receives per call (asyncio's
+    `max_size`, 256 KiB) to READ_SIZE, and lets its reader hold up to READ_SIZE unread before pausing the
+    socket: asyncio's default limit pauses it above 128 KiB, that is after every wide read, and resumes it
+    at the next (two epoll_ctl calls and their selector bookkeeping per read). What one connection holds
+    unread stays bounded: READ_SIZE, plus what the receive that crossed it brought (at most READ_SIZE).
+
+    From then on a receive that arrives while nothing else waits unread is held as the bytes object it
+    is and handed to the next read as is: asyncio copies each receive into the reader's bytearray and
+    copies it out again. A second receive before that read joins the first in the bytearray, in order,
+    and the read takes asyncio's own path, so each read returns what asyncio's would have."""
+    original_read = asyncio.StreamReader.read
+    original_feed = asyncio.StreamReader.feed_data
+    reader_class: Any = asyncio.StreamReader
+    reader_class._s3proxy_wide = False
+    reader_class._s3proxy_held = None
+
+    def feed_data(self: Any, data: bytes) -> None:
+        held = self._s3proxy_held
+        if held is not None:
+            self._s3proxy_held = None
+            self._buffer.extend(held)  # empty while a receive is held
+        elif (
+            self._s3proxy_wide
+            and type(data) is bytes
+            and 0 < len(data) <= 2 * self._limit  # asyncio would not pause for it either
+            and not self._buffer
+            and not self._eof  # asyncio's assertion, left to it
+        ):
+            self._s3proxy_held = data
+            self._wakeup_waiter()
+            return
+        original_feed(self, data)
+
+    async def read(self: Any, n: int = -1) -> bytes:
+        if n != MITMPROXY_READ_SIZE:
+            return await original_read(self, n)
+        if not self._s3proxy_wide:
+            self._s3proxy_wide = True
+            self._limit = READ_LIMIT
+            transport = self._transport
+            if isinstance(getattr(transport, "max_size", None), int):
+                transport.max_size = READ_SIZE
+        if self._exception is not None:
+            raise self._exception
+        held = self._s3proxy_held
+        if held is None and not self._buffer and not self._eof:
+            await self._wait_for_data("read")
+            held = self._s3proxy_held
+        if held is not None:
+            self._s3proxy_held = None
+            self._maybe_resume_transport()
+            return held  # type: ignore[no-any-return]
+        return await original_read(self, READ_SIZE)
 
     _once(asyncio.StreamReader, "read", read)
+    _once(asyncio.StreamReader, "feed_data", feed_data)
 
 
 # One scratch buffer per thread (the event loop's) for OpenSSL to write into: each use copies what it
@@ -141,11 +198,15 @@ def batched_tls_output() -> None:
             scratch = _scratch()
             result = _lib.BIO_read(bio, scratch, TLS_DRAIN_SIZE)
             if result <= 0:
+                if _lib.BIO_should_retry(bio) and _lib.BIO_should_read(bio):
+                    return  # drained: what `_handle_bio_errors` raises WantReadError for, without raising
                 try:
                     conn._handle_bio_errors(bio, result)
                 except SSL.WantReadError:
                     return
             yield commands.SendData(self.conn, _ffi.buffer(scratch, result)[:])
+            if result < TLS_DRAIN_SIZE:
+                return  # a memory BIO gives all it holds: the next read would find it drained
 
     _once(tls.TLSLayer, "tls_interact", tls_interact)
 
@@ -156,6 +217,16 @@ def fewer_tls_copies() -> None:
     from mitmproxy.proxy.layers import tls
     from OpenSSL import SSL
     from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]  # pinned by tests/test_tuning.py
+
+    def wants_input(conn: Any, result: int) -> bool:
+        """Whether pyOpenSSL's `_raise_ssl_error` would raise WantReadError, without raising it: with no
+        problem left by a callback (those come first), OpenSSL's error is SSL_ERROR_WANT_READ. That is how
+        nearly every read ends, and raising and catching it cost more than the check."""
+        ctx = conn._context
+        for helper in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
+            if helper is not None and helper._problems:
+                return False
+        return _lib.SSL_get_error(conn._ssl, result) == _lib.SSL_ERROR_WANT_READ  # type: ignore[no-any-return]
 
     def read_plaintext(conn: SSL.Connection) -> tuple[bytes, SSL.Error | None]:
         """Everything OpenSSL can decrypt now, and the error that ended the reading (WantReadError when
@@ -168,6 +239,9 @@ def fewer_tls_copies() -> None:
             while off < SCRATCH_SIZE:
                 result = _lib.SSL_read(conn._ssl, scratch + off, SCRATCH_SIZE - off)
                 if result <= 0:
+                    if wants_input(conn, result):
+                        err = SSL.WantReadError()
+                        break
                     try:
                         conn._raise_ssl_error(conn._ssl, result)
                     except SSL.Error as e:

@@ -113,6 +113,136 @@ def test_every_change_is_applied_once() -> None:
     assert tls.TLSLayer.receive_data is not before["mitmproxy.proxy.layers.tls.TLSLayer.receive_data"]
 
 
+# ------------------------------------------------------------------------------------------- reads
+
+ORIGINAL_READ = tuning.ORIGINALS["asyncio.streams.StreamReader.read"]
+ORIGINAL_FEED = tuning.ORIGINALS["asyncio.streams.StreamReader.feed_data"]
+
+
+def test_asyncio_still_receives_max_size_and_pauses_above_twice_the_limit() -> None:
+    from asyncio import selector_events
+
+    receive = inspect.getsource(selector_events._SelectorSocketTransport._read_ready__data_received)
+    assert "self._sock.recv(self.max_size)" in receive
+    assert "len(self._buffer) > 2 * self._limit" in inspect.getsource(ORIGINAL_FEED)
+
+
+class Transport:
+    """What a StreamReader calls on its transport, recorded."""
+
+    def __init__(self) -> None:
+        self.max_size = 256 * 1024
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], list[str], int]:
+    """Run `ops` against one reader: s3proxy's wide reads of mitmproxy's size, or asyncio's own read and
+    feed_data asking for READ_SIZE with READ_LIMIT, what wider_reads turns mitmproxy's reads into."""
+    transport = Transport()
+    reader = asyncio.StreamReader(limit=2**16 if wide else tuning.READ_LIMIT)
+    reader.set_transport(transport)  # type: ignore[arg-type]
+    feed = reader.feed_data if wide else types.MethodType(ORIGINAL_FEED, reader)
+
+    def read() -> Any:
+        if wide:
+            return reader.read(tuning.MITMPROXY_READ_SIZE)
+        return ORIGINAL_READ(reader, tuning.READ_SIZE)
+
+    results: list[Any] = []
+    pending: asyncio.Task[bytes] | None = None
+
+    async def settle() -> None:
+        nonlocal pending
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if pending is not None and pending.done():
+            try:
+                results.append(("data", pending.result()))
+            except Exception as e:  # compared, not handled
+                results.append(("raised", type(e).__name__))
+            pending = None
+
+    rng = random.Random(len(ops))
+    for op, size in ops:
+        if op == "read" and pending is None:
+            pending = asyncio.ensure_future(read())
+        elif op == "feed" and not reader._eof:  # type: ignore[attr-defined]
+            feed(rng.randbytes(size))
+        elif op == "eof":
+            reader.feed_eof()
+        elif op == "error":
+            reader.set_exception(ConnectionResetError())
+        await settle()
+    if pending is not None:
+        pending.cancel()
+    return results, transport.calls, transport.max_size
+
+
+_sizes = st.sampled_from(
+    [1, 1000, 64 * 1024, 200_000, tuning.READ_LIMIT, tuning.READ_SIZE, tuning.READ_SIZE + 1]
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.just(0)),
+        st.tuples(st.just("feed"), _sizes),
+        st.tuples(st.sampled_from(["eof", "error"]), st.just(0)),
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_ops)
+def test_wide_reads_return_what_asyncio_returns_and_pause_as_it_pauses(ops: list[tuple[str, int]]) -> None:
+    """Whatever order receives, reads, EOF and errors come in, s3proxy's reads (one receive held as is)
+    give the same bytes at the same reads, raise the same errors and pause and resume the socket at the
+    same points as asyncio's read of READ_SIZE on a reader with READ_LIMIT."""
+    ops = [("read", 0), *ops, ("read", 0), ("read", 0)]  # mitmproxy's loop reads first and keeps reading
+    wide = asyncio.run(_replay(ops, wide=True))
+    plain = asyncio.run(_replay(ops, wide=False))
+    assert wide[:2] == plain[:2]
+    assert wide[2] == tuning.READ_SIZE  # and the transport receives that much per call
+
+
+def test_a_receive_is_handed_on_without_a_copy_and_a_second_joins_it_in_order() -> None:
+    async def main() -> None:
+        reader = asyncio.StreamReader()
+        reader.set_transport(Transport())  # type: ignore[arg-type]
+        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
+        await asyncio.sleep(0)
+        one = b"a" * 300_000
+        reader.feed_data(one)
+        assert (await first) is one
+        reader.feed_data(b"b" * 10)
+        reader.feed_data(b"c" * 10)
+        assert await reader.read(tuning.MITMPROXY_READ_SIZE) == b"b" * 10 + b"c" * 10
+        assert not reader._buffer  # type: ignore[attr-defined]
+        reader.feed_eof()
+        assert await reader.read(tuning.MITMPROXY_READ_SIZE) == b""
+
+    asyncio.run(main())
+
+
+def test_other_reads_keep_asyncios_limit_and_size() -> None:
+    async def main() -> None:
+        transport = Transport()
+        reader = asyncio.StreamReader()
+        reader.set_transport(transport)  # type: ignore[arg-type]
+        reader.feed_data(b"x" * 200_000)  # above asyncio's default pause point: 2 x 64 KiB
+        assert transport.calls == ["pause"]
+        assert await reader.read(1000) == b"x" * 1000
+        assert transport.max_size == 256 * 1024
+        assert reader._limit == 2**16  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------------------------------------------- TLS in memory
 
 
@@ -286,6 +416,49 @@ def test_tls_output_is_drained_whole_and_decrypts_to_what_was_sent(
             assert len(sent) <= 3  # drained in pieces of up to TLS_DRAIN_SIZE, not 64 KiB
         else:
             assert len(sent) > 10
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, 2 * tuning.TLS_DRAIN_SIZE + 5])
+def test_tls_output_of_any_size_decrypts_to_what_was_sent(
+    tls_contexts: tuple[SSL.Context, SSL.Context], size: int
+) -> None:
+    """Draining stops at the first short read (a memory BIO gives all it holds), and when nothing is held."""
+    plaintext = random.Random(size).randbytes(size)
+    client, server = tls_pair(tls_contexts)
+    if plaintext:
+        server.sendall(plaintext)
+    sent = [c.data for c in Layer(server).tls_interact() if isinstance(c, commands.SendData)]
+    assert len(sent) == -(-sum(map(len, sent)) // tuning.TLS_DRAIN_SIZE)
+    with pytest.raises(SSL.WantReadError):
+        server.bio_read(1)  # nothing left behind
+    if sent:
+        client.bio_write(b"".join(sent))
+    out = bytearray()
+    while True:
+        try:
+            out += client.recv(1 << 20)
+        except SSL.WantReadError:
+            break
+    assert bytes(out) == plaintext
+
+
+def test_a_problem_left_by_a_tls_callback_is_raised_as_pyopenssl_raises_it(
+    tls_contexts: tuple[SSL.Context, SSL.Context],
+) -> None:
+    """pyOpenSSL raises what a callback left behind before it reports WantReadError; so does s3proxy."""
+    for cls in (Layer, MitmproxyLayer):
+        client, server = tls_pair(tls_contexts)
+        wire = _ciphertext(client, b"x" * 10, close=False)
+        helper = SSL._CallbackExceptionHelper()
+        helper._problems.append(LookupError("left by a callback"))
+        ctx: Any = server.get_context()
+        saved = ctx._alpn_select_helper
+        ctx._alpn_select_helper = helper
+        try:
+            with pytest.raises(LookupError, match="left by a callback"):
+                cls(server).feed(wire)
+        finally:
+            ctx._alpn_select_helper = saved
 
 
 def test_tls_read_of_a_partial_record_gives_nothing_until_it_completes(
