@@ -7,9 +7,10 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 (for comparison: bench/README.md).
 
 - `wider_reads`: mitmproxy reads 64 KiB per socket read and pushes each read through its whole layer
-  stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass, has the socket
-  receive that much per call (asyncio: 256 KiB) without pausing and resuming it around every read, and
-  hands a receive on as the bytes object it is instead of copying it into and out of the reader's buffer.
+  stack; s3proxy takes what asyncio already buffered, up to `READ_SIZE`, in one pass, without pausing and
+  resuming the socket around every read, has a bulk transfer's socket receive that much per call
+  (asyncio: 256 KiB), and hands a receive on as the bytes object it is instead of copying it into and out
+  of the reader's buffer.
 - `batched_tls_output`: after encrypting, mitmproxy drains OpenSSL's output 64 KiB at a time and sends each
   piece as its own command (a pass through the layer stack and a syscall each), into a buffer pyOpenSSL
   allocates per call, until a read raises WantReadError; s3proxy drains what is pending in one piece,
@@ -55,12 +56,15 @@ import inspect
 import logging
 import os
 import threading
+from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any
 
 # mitmproxy reads at most this much per socket read (its own constant).
 MITMPROXY_READ_SIZE = 65535
 READ_SIZE = 512 * 1024
+# What asyncio's socket transports receive per call (256 KiB), until one of mitmproxy's fills it.
+ASYNCIO_RECEIVE_SIZE: int = selector_events._SelectorSocketTransport.max_size  # type: ignore[attr-defined]
 # A reader pauses its socket when more than twice its limit waits unread (asyncio's StreamReader).
 READ_LIMIT = READ_SIZE // 2
 # The most TLS output drained in one piece: a READ_SIZE read re-encrypted, with room to spare.
@@ -108,11 +112,13 @@ def wider_reads() -> None:
     """Only reads of exactly mitmproxy's size (its proxy server's connection loop is the one reader asking
     for 65535 bytes) are widened; every other StreamReader read is left as asked.
 
-    The first such read also widens what its connection's socket transport receives per call (asyncio's
-    `max_size`, 256 KiB) to READ_SIZE, and lets its reader hold up to READ_SIZE unread before pausing the
-    socket: asyncio's default limit pauses it above 128 KiB, that is after every wide read, and resumes it
-    at the next (two epoll_ctl calls and their selector bookkeeping per read). What one connection holds
-    unread stays bounded: READ_SIZE, plus what the receive that crossed it brought (at most READ_SIZE).
+    The first such read lets its reader hold up to READ_SIZE unread before pausing the socket: asyncio's
+    default limit pauses it above 128 KiB, that is after every wide read, and resumes it at the next (two
+    epoll_ctl calls and their selector bookkeeping per read). Once a receive fills what asyncio's socket
+    transport receives per call (`max_size`, 256 KiB), a bulk transfer, that transport receives up to
+    READ_SIZE per call; connections that carry small requests keep asyncio's size (each receive allocates
+    that much before it is cut to what arrived). What one connection holds unread stays bounded:
+    READ_SIZE, plus what the receive that crossed it brought (at most READ_SIZE).
 
     From then on a receive that arrives while nothing else waits unread is held as the bytes object it
     is and handed to the next read as is: asyncio copies each receive into the reader's bytearray and
@@ -125,6 +131,10 @@ def wider_reads() -> None:
     reader_class._s3proxy_held = None
 
     def feed_data(self: Any, data: bytes) -> None:
+        if self._s3proxy_wide and len(data) >= ASYNCIO_RECEIVE_SIZE:
+            transport = self._transport
+            if getattr(transport, "max_size", READ_SIZE) < READ_SIZE:
+                transport.max_size = READ_SIZE
         held = self._s3proxy_held
         if held is not None:
             self._s3proxy_held = None
@@ -147,9 +157,6 @@ def wider_reads() -> None:
         if not self._s3proxy_wide:
             self._s3proxy_wide = True
             self._limit = READ_LIMIT
-            transport = self._transport
-            if isinstance(getattr(transport, "max_size", None), int):
-                transport.max_size = READ_SIZE
         if self._exception is not None:
             raise self._exception
         held = self._s3proxy_held

@@ -131,7 +131,7 @@ class Transport:
     """What a StreamReader calls on its transport, recorded."""
 
     def __init__(self) -> None:
-        self.max_size = 256 * 1024
+        self.max_size = tuning.ASYNCIO_RECEIVE_SIZE
         self.calls: list[str] = []
 
     def pause_reading(self) -> None:
@@ -141,7 +141,7 @@ class Transport:
         self.calls.append("resume")
 
 
-async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], list[str], int]:
+async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], list[str], int, int]:
     """Run `ops` against one reader: s3proxy's wide reads of mitmproxy's size, or asyncio's own read and
     feed_data asking for READ_SIZE with READ_LIMIT, what wider_reads turns mitmproxy's reads into."""
     transport = Transport()
@@ -156,6 +156,7 @@ async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], li
 
     results: list[Any] = []
     pending: asyncio.Task[bytes] | None = None
+    largest = 0
 
     async def settle() -> None:
         nonlocal pending
@@ -174,6 +175,7 @@ async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], li
             pending = asyncio.ensure_future(read())
         elif op == "feed" and not reader._eof:  # type: ignore[attr-defined]
             feed(rng.randbytes(size))
+            largest = max(largest, size)
         elif op == "eof":
             reader.feed_eof()
         elif op == "error":
@@ -181,11 +183,11 @@ async def _replay(ops: list[tuple[str, int]], wide: bool) -> tuple[list[Any], li
         await settle()
     if pending is not None:
         pending.cancel()
-    return results, transport.calls, transport.max_size
+    return results, transport.calls, transport.max_size, largest
 
 
 _sizes = st.sampled_from(
-    [1, 1000, 64 * 1024, 200_000, tuning.READ_LIMIT, tuning.READ_SIZE, tuning.READ_SIZE + 1]
+    [1, 1000, 64 * 1024, 200_000, tuning.ASYNCIO_RECEIVE_SIZE, tuning.READ_SIZE, tuning.READ_SIZE + 1]
 )
 _ops = st.lists(
     st.one_of(
@@ -207,7 +209,9 @@ def test_wide_reads_return_what_asyncio_returns_and_pause_as_it_pauses(ops: list
     wide = asyncio.run(_replay(ops, wide=True))
     plain = asyncio.run(_replay(ops, wide=False))
     assert wide[:2] == plain[:2]
-    assert wide[2] == tuning.READ_SIZE  # and the transport receives that much per call
+    # and once a receive filled asyncio's size, the transport receives READ_SIZE per call
+    filled = wide[3] >= tuning.ASYNCIO_RECEIVE_SIZE
+    assert wide[2] == (tuning.READ_SIZE if filled else tuning.ASYNCIO_RECEIVE_SIZE)
 
 
 def test_a_receive_is_handed_on_without_a_copy_and_a_second_joins_it_in_order() -> None:
@@ -229,15 +233,33 @@ def test_a_receive_is_handed_on_without_a_copy_and_a_second_joins_it_in_order() 
     asyncio.run(main())
 
 
+def test_a_transport_receives_wider_once_a_receive_fills_asyncios_size() -> None:
+    async def main() -> None:
+        transport = Transport()
+        reader = asyncio.StreamReader()
+        reader.set_transport(transport)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
+        await asyncio.sleep(0)
+        reader.feed_data(b"r" * (tuning.ASYNCIO_RECEIVE_SIZE - 1))  # a request, say: small connections
+        await first
+        assert transport.max_size == tuning.ASYNCIO_RECEIVE_SIZE  # keep asyncio's size
+        reader.feed_data(b"b" * tuning.ASYNCIO_RECEIVE_SIZE)  # a receive as large as asyncio allows
+        assert transport.max_size == tuning.READ_SIZE
+        assert await reader.read(tuning.MITMPROXY_READ_SIZE) == b"b" * tuning.ASYNCIO_RECEIVE_SIZE
+        assert transport.calls == []
+
+    asyncio.run(main())
+
+
 def test_other_reads_keep_asyncios_limit_and_size() -> None:
     async def main() -> None:
         transport = Transport()
         reader = asyncio.StreamReader()
         reader.set_transport(transport)  # type: ignore[arg-type]
-        reader.feed_data(b"x" * 200_000)  # above asyncio's default pause point: 2 x 64 KiB
+        reader.feed_data(b"x" * 300_000)  # above asyncio's default pause point: 2 x 64 KiB
         assert transport.calls == ["pause"]
         assert await reader.read(1000) == b"x" * 1000
-        assert transport.max_size == 256 * 1024
+        assert transport.max_size == tuning.ASYNCIO_RECEIVE_SIZE
         assert reader._limit == 2**16  # type: ignore[attr-defined]
 
     asyncio.run(main())
