@@ -151,8 +151,17 @@ def wider_reads() -> None:
             return
         original_feed(self, data)
 
+    def unhold(self: Any) -> None:
+        # Another way of reading: the reader goes back to asyncio's buffering, held receive included.
+        self._s3proxy_wide = False
+        held = self._s3proxy_held
+        if held is not None:
+            self._s3proxy_held = None
+            self._buffer.extend(held)
+
     async def read(self: Any, n: int = -1) -> bytes:
         if n != MITMPROXY_READ_SIZE:
+            unhold(self)
             return await original_read(self, n)
         if not self._s3proxy_wide:
             self._s3proxy_wide = True
@@ -171,6 +180,28 @@ def wider_reads() -> None:
 
     _once(asyncio.StreamReader, "read", read)
     _once(asyncio.StreamReader, "feed_data", feed_data)
+
+    # Any other way of reading (none is used on mitmproxy's readers) puts a held receive back where
+    # asyncio keeps it, in the buffer, and stops holding; readline and iteration go through readuntil.
+    original_at_eof = asyncio.StreamReader.at_eof
+    original_readuntil = asyncio.StreamReader.readuntil
+    original_readexactly = asyncio.StreamReader.readexactly
+
+    def at_eof(self: Any) -> bool:
+        unhold(self)
+        return original_at_eof(self)
+
+    async def readuntil(self: Any, separator: Any = b"\n") -> bytes:
+        unhold(self)
+        return await original_readuntil(self, separator)
+
+    async def readexactly(self: Any, n: int) -> bytes:
+        unhold(self)
+        return await original_readexactly(self, n)
+
+    _once(asyncio.StreamReader, "at_eof", at_eof)
+    _once(asyncio.StreamReader, "readuntil", readuntil)
+    _once(asyncio.StreamReader, "readexactly", readexactly)
 
 
 # One scratch buffer per thread (the event loop's) for OpenSSL to write into: each use copies what it

@@ -77,6 +77,24 @@ PINNED = {
     "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
     "HttpStream.make_server_connection": (http_layers.HttpStream.make_server_connection, "ddc7bc72f4d2fbc7"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
+    # wider_reads (the same in Python 3.12 and 3.13):
+    "StreamReader.read": (tuning.ORIGINALS["asyncio.streams.StreamReader.read"], "b3e781f2317fe198"),
+    "StreamReader.feed_data": (
+        tuning.ORIGINALS["asyncio.streams.StreamReader.feed_data"],
+        "f1dc194f7bceb07d",
+    ),
+    "StreamReader._wait_for_data": (
+        asyncio.StreamReader._wait_for_data,  # type: ignore[attr-defined]
+        "3064c5757b9dd9af",
+    ),
+    "StreamReader._maybe_resume_transport": (
+        asyncio.StreamReader._maybe_resume_transport,  # type: ignore[attr-defined]
+        "9f458ca68d19a38e",
+    ),
+    "StreamReader._wakeup_waiter": (
+        asyncio.StreamReader._wakeup_waiter,  # type: ignore[attr-defined]
+        "6d54176c6257ad87",
+    ),
 }
 
 
@@ -247,6 +265,67 @@ def test_a_transport_receives_wider_once_a_receive_fills_asyncios_size() -> None
         assert transport.max_size == tuning.READ_SIZE
         assert await reader.read(tuning.MITMPROXY_READ_SIZE) == b"b" * tuning.ASYNCIO_RECEIVE_SIZE
         assert transport.calls == []
+
+    asyncio.run(main())
+
+
+def _after_a_held_receive(reader: asyncio.StreamReader, wide: bool) -> Any:
+    async def main() -> None:
+        first = asyncio.ensure_future(
+            reader.read(tuning.MITMPROXY_READ_SIZE) if wide else ORIGINAL_READ(reader, tuning.READ_SIZE)
+        )
+        await asyncio.sleep(0)
+        reader.feed_data(b"abc\n")
+        assert await first == b"abc\n"
+        reader.feed_data(b"def\n")  # held by a wide reader: nothing else waits unread
+        reader.feed_eof()
+
+    return main()
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda r: r.at_eof(),
+        lambda r: r.read(2),
+        lambda r: r.read(),
+        lambda r: r.readexactly(3),
+        lambda r: r.readexactly(9),
+        lambda r: r.readuntil(b"e"),
+        lambda r: r.readline(),
+    ],
+)
+def test_other_ways_of_reading_see_a_held_receive_as_asyncio_keeps_it(use: Any) -> None:
+    """mitmproxy only ever reads its readers with read(65535); were anything else to read a widened
+    reader, it gets what asyncio gives, and the reader stops holding receives."""
+    got = []
+    for wide in (True, False):
+
+        async def main(wide: bool = wide) -> Any:
+            reader = asyncio.StreamReader()
+            await _after_a_held_receive(reader, wide)
+            try:
+                result = use(reader)
+                first = await result if inspect.isawaitable(result) else result
+            except asyncio.IncompleteReadError as e:
+                first = ("incomplete", e.partial)
+            return first, await reader.read()
+
+        got.append(asyncio.run(main()))
+    assert got[0] == got[1]
+
+
+def test_a_widened_reader_read_another_way_stops_holding() -> None:
+    async def main() -> None:
+        reader = asyncio.StreamReader()
+        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
+        await asyncio.sleep(0)
+        reader.feed_data(b"abc")
+        await first
+        line = asyncio.ensure_future(reader.readline())
+        await asyncio.sleep(0)
+        reader.feed_data(b"def\n")  # would be held, unseen by readline, were the reader still wide
+        assert await asyncio.wait_for(line, 2) == b"def\n"
 
     asyncio.run(main())
 
@@ -464,8 +543,9 @@ def test_tls_output_of_any_size_decrypts_to_what_was_sent(
     assert bytes(out) == plaintext
 
 
+@pytest.mark.parametrize("helper_name", ["_verify_helper", "_alpn_select_helper", "_ocsp_helper"])
 def test_a_problem_left_by_a_tls_callback_is_raised_as_pyopenssl_raises_it(
-    tls_contexts: tuple[SSL.Context, SSL.Context],
+    tls_contexts: tuple[SSL.Context, SSL.Context], helper_name: str
 ) -> None:
     """pyOpenSSL raises what a callback left behind before it reports WantReadError; so does s3proxy."""
     for cls in (Layer, MitmproxyLayer):
@@ -474,13 +554,13 @@ def test_a_problem_left_by_a_tls_callback_is_raised_as_pyopenssl_raises_it(
         helper = SSL._CallbackExceptionHelper()
         helper._problems.append(LookupError("left by a callback"))
         ctx: Any = server.get_context()
-        saved = ctx._alpn_select_helper
-        ctx._alpn_select_helper = helper
+        saved = getattr(ctx, helper_name)
+        setattr(ctx, helper_name, helper)
         try:
             with pytest.raises(LookupError, match="left by a callback"):
                 cls(server).feed(wire)
         finally:
-            ctx._alpn_select_helper = saved
+            setattr(ctx, helper_name, saved)
 
 
 def test_tls_read_of_a_partial_record_gives_nothing_until_it_completes(
