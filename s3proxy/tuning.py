@@ -153,11 +153,12 @@ def wider_reads() -> None:
 
     def unhold(self: Any) -> None:
         # Another way of reading: the reader goes back to asyncio's buffering, held receive included.
-        self._s3proxy_wide = False
-        held = self._s3proxy_held
-        if held is not None:
-            self._s3proxy_held = None
-            self._buffer.extend(held)
+        if self._s3proxy_wide:
+            self._s3proxy_wide = False
+            held = self._s3proxy_held
+            if held is not None:
+                self._s3proxy_held = None
+                self._buffer.extend(held)
 
     async def read(self: Any, n: int = -1) -> bytes:
         if n != MITMPROXY_READ_SIZE:

@@ -232,15 +232,25 @@ def test_wide_reads_return_what_asyncio_returns_and_pause_as_it_pauses(ops: list
     assert wide[2] == (tuning.READ_SIZE if filled else tuning.ASYNCIO_RECEIVE_SIZE)
 
 
+async def _first_read(receive: bytes, wide: bool = True) -> tuple[asyncio.StreamReader, Transport, bytes]:
+    """A reader on a recorded transport, after a first read (mitmproxy's, widened, or asyncio's own of
+    READ_SIZE with READ_LIMIT) that got `receive`."""
+    transport = Transport()
+    reader = asyncio.StreamReader(limit=2**16 if wide else tuning.READ_LIMIT)
+    reader.set_transport(transport)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(
+        reader.read(tuning.MITMPROXY_READ_SIZE) if wide else ORIGINAL_READ(reader, tuning.READ_SIZE)
+    )
+    await asyncio.sleep(0)
+    reader.feed_data(receive)
+    return reader, transport, await first
+
+
 def test_a_receive_is_handed_on_without_a_copy_and_a_second_joins_it_in_order() -> None:
     async def main() -> None:
-        reader = asyncio.StreamReader()
-        reader.set_transport(Transport())  # type: ignore[arg-type]
-        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
-        await asyncio.sleep(0)
         one = b"a" * 300_000
-        reader.feed_data(one)
-        assert (await first) is one
+        reader, _, got = await _first_read(one)
+        assert got is one
         reader.feed_data(b"b" * 10)
         reader.feed_data(b"c" * 10)
         assert await reader.read(tuning.MITMPROXY_READ_SIZE) == b"b" * 10 + b"c" * 10
@@ -253,13 +263,8 @@ def test_a_receive_is_handed_on_without_a_copy_and_a_second_joins_it_in_order() 
 
 def test_a_transport_receives_wider_once_a_receive_fills_asyncios_size() -> None:
     async def main() -> None:
-        transport = Transport()
-        reader = asyncio.StreamReader()
-        reader.set_transport(transport)  # type: ignore[arg-type]
-        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
-        await asyncio.sleep(0)
-        reader.feed_data(b"r" * (tuning.ASYNCIO_RECEIVE_SIZE - 1))  # a request, say: small connections
-        await first
+        # a request, say: connections with small requests
+        reader, transport, _ = await _first_read(b"r" * (tuning.ASYNCIO_RECEIVE_SIZE - 1))
         assert transport.max_size == tuning.ASYNCIO_RECEIVE_SIZE  # keep asyncio's size
         reader.feed_data(b"b" * tuning.ASYNCIO_RECEIVE_SIZE)  # a receive as large as asyncio allows
         assert transport.max_size == tuning.READ_SIZE
@@ -269,18 +274,12 @@ def test_a_transport_receives_wider_once_a_receive_fills_asyncios_size() -> None
     asyncio.run(main())
 
 
-def _after_a_held_receive(reader: asyncio.StreamReader, wide: bool) -> Any:
-    async def main() -> None:
-        first = asyncio.ensure_future(
-            reader.read(tuning.MITMPROXY_READ_SIZE) if wide else ORIGINAL_READ(reader, tuning.READ_SIZE)
-        )
-        await asyncio.sleep(0)
-        reader.feed_data(b"abc\n")
-        assert await first == b"abc\n"
-        reader.feed_data(b"def\n")  # held by a wide reader: nothing else waits unread
-        reader.feed_eof()
-
-    return main()
+async def _after_a_held_receive(wide: bool) -> asyncio.StreamReader:
+    reader, _, got = await _first_read(b"abc\n", wide)
+    assert got == b"abc\n"
+    reader.feed_data(b"def\n")  # held by a wide reader: nothing else waits unread
+    reader.feed_eof()
+    return reader
 
 
 @pytest.mark.parametrize(
@@ -302,8 +301,7 @@ def test_other_ways_of_reading_see_a_held_receive_as_asyncio_keeps_it(use: Any) 
     for wide in (True, False):
 
         async def main(wide: bool = wide) -> Any:
-            reader = asyncio.StreamReader()
-            await _after_a_held_receive(reader, wide)
+            reader = await _after_a_held_receive(wide)
             try:
                 result = use(reader)
                 first = await result if inspect.isawaitable(result) else result
@@ -317,11 +315,7 @@ def test_other_ways_of_reading_see_a_held_receive_as_asyncio_keeps_it(use: Any) 
 
 def test_a_widened_reader_read_another_way_stops_holding() -> None:
     async def main() -> None:
-        reader = asyncio.StreamReader()
-        first = asyncio.ensure_future(reader.read(tuning.MITMPROXY_READ_SIZE))
-        await asyncio.sleep(0)
-        reader.feed_data(b"abc")
-        await first
+        reader, _, _ = await _first_read(b"abc")
         line = asyncio.ensure_future(reader.readline())
         await asyncio.sleep(0)
         reader.feed_data(b"def\n")  # would be held, unseen by readline, were the reader still wide
