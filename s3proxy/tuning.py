@@ -27,6 +27,13 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `no_message_typecheck`: every HTTP request and response mitmproxy builds re-checks the type of each of
   its fields (a debug aid mitmproxy skips under `python -O`); the messages come from mitmproxy's own
   parser and s3proxy's addon sets only typed values.
+- `cheap_option_reads`: reading an option (`ctx.options.x`, `context.options.x`: mitmproxy's layers and
+  addons read several per request) deep-copies its value, twice when it was never set; s3proxy returns
+  values of immutable types (str, int, float, bool, bytes, None) as they are, which is what deepcopy
+  returns for them, and still copies lists, dicts and other values once.
+- `lean_context_fork`: each request's HTTP stream gets a fork of its connection's context, which builds a
+  new Server (with a fresh uuid4: a getrandom syscall) only to replace it with the connection's own at
+  once; s3proxy's fork sets the same four attributes without building it.
 - `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
   `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
 - `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -88,6 +96,8 @@ def tune_mitmproxy() -> None:
         fewer_tls_copies,
         direct_bodies,
         no_message_typecheck,
+        cheap_option_reads,
+        lean_context_fork,
         cached_hook_args,
         inline_hooks,
     ):
@@ -358,6 +368,41 @@ def no_message_typecheck() -> None:
         return None
 
     _once(http.MessageData, "__post_init__", __post_init__)
+
+
+# Types whose values deepcopy returns as they are (copy._deepcopy_atomic): an option holding one of these
+# exactly can be handed out without copying.
+_ATOMIC_OPTION_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def cheap_option_reads() -> None:
+    from mitmproxy import optmanager
+
+    unset = optmanager.unset
+
+    def current(self: Any) -> Any:
+        value = self._default if self.value is unset else self.value
+        if type(value) in _ATOMIC_OPTION_TYPES:
+            return value
+        return copy.deepcopy(value)
+
+    _once(optmanager._Option, "current", current)
+
+
+def lean_context_fork() -> None:
+    from mitmproxy.proxy import context
+
+    cls = context.Context
+
+    def fork(self: Any) -> Any:
+        ret = object.__new__(cls)
+        ret.client = self.client
+        ret.options = self.options
+        ret.server = self.server
+        ret.layers = self.layers.copy()
+        return ret
+
+    _once(cls, "fork", fork)
 
 
 def cached_hook_args() -> None:

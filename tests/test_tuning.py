@@ -23,7 +23,7 @@ import pytest
 import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import addonmanager, connection, exceptions, http, master, options
+from mitmproxy import addonmanager, connection, exceptions, http, master, options, optmanager
 from mitmproxy.proxy import commands, context, events, layer, server
 from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import http as http_layers
@@ -64,6 +64,12 @@ PINNED = {
     "AddonManager._iter_hooks": (addonmanager.AddonManager._iter_hooks, "350b419ab7284091"),
     "safecall": (addonmanager.safecall, "f2052c18340e99b0"),
     "Hook.args": (tuning.ORIGINALS["mitmproxy.hooks.Hook.args"], "5bab95f7aa358e18"),
+    # cheap_option_reads, lean_context_fork:
+    "_Option.current": (tuning.ORIGINALS["mitmproxy.optmanager._Option.current"], "6859c2d9c826806e"),
+    "_Option.default": (optmanager._Option.default.fget, "cfc9882b8960757d"),
+    "OptManager.__getattr__": (optmanager.OptManager.__getattr__, "a9d5792099cd82ef"),
+    "Context.fork": (tuning.ORIGINALS["mitmproxy.proxy.context.Context.fork"], "cad9374a0689f10a"),
+    "Context.__init__": (context.Context.__init__, "7ee4176662abb9c7"),
     "ConnectionHandler.server_event": (
         tuning.ORIGINALS["mitmproxy.proxy.server.ConnectionHandler.server_event"],
         "a2b42657ebe8bf6d",
@@ -919,6 +925,53 @@ def test_hook_args_are_the_fields_in_order() -> None:
     assert hook.args() == original(hook) == [f]
     data = hooks.ServerConnectionHookData(f.server_conn, f.client_conn)
     assert hooks.ServerConnectHook(data).args() == original(hooks.ServerConnectHook(data)) == [data]
+
+
+def test_option_values_read_as_mitmproxy_reads_them_copying_only_what_deepcopy_would_copy() -> None:
+    import copy
+
+    original = tuning.ORIGINALS["mitmproxy.optmanager._Option.current"]
+    # What is handed out uncopied is exactly what deepcopy hands out uncopied.
+    for kind in tuning._ATOMIC_OPTION_TYPES:
+        assert copy._deepcopy_dispatch[kind] is copy._deepcopy_atomic  # type: ignore[attr-defined]
+    opts = options.Options()
+    opts.update(
+        listen_port=9999,
+        mode=["regular@9999"],
+        ignore_hosts=["a.test"],
+        confdir="/tmp/s3proxy-confdir",
+        ssl_insecure=True,
+    )
+    kinds = set()
+    for opt in opts._options.values():
+        kinds.add(type(opt.current()))
+        assert opt.current() == original(opt), opt.name
+        if type(opt.current()) not in tuning._ATOMIC_OPTION_TYPES:
+            # A list or dict is still a copy: changing it changes no option.
+            assert opt.current() is not opt.current(), opt.name
+    assert {str, int, bool, list, type(None)} <= kinds
+    mode = opts.mode
+    mode.append("socks5")
+    assert opts.mode == ["regular@9999"]
+    opts.update(ignore_hosts=[])
+    assert opts.ignore_hosts == []
+
+
+def test_a_forked_context_is_mitmproxys_fork() -> None:
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2))
+    ctx = context.Context(client, options.Options())
+    ctx.server = connection.Server(address=("s3.test", 443))
+    ctx.layers = [object(), object()]
+    ours = ctx.fork()
+    theirs = tuning.ORIGINALS["mitmproxy.proxy.context.Context.fork"](ctx)
+    assert type(ours) is type(theirs) is context.Context
+    assert vars(ours).keys() == vars(theirs).keys() == {"client", "options", "server", "layers"}
+    for name in ("client", "options", "server"):
+        assert getattr(ours, name) is getattr(theirs, name) is getattr(ctx, name)
+    assert ours.layers == theirs.layers == ctx.layers
+    assert ours.layers is not ctx.layers
+    ours.layers.append(object())
+    assert len(ctx.layers) == 2
 
 
 def test_messages_are_not_type_checked_but_still_built() -> None:
