@@ -34,6 +34,11 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `lean_context_fork`: each request's HTTP stream gets a fork of its connection's context, which builds a
   new Server (with a fresh uuid4: a getrandom syscall) only to replace it with the connection's own at
   once; s3proxy's fork sets the same four attributes without building it.
+- `faster_header_lookups`: a header lookup lower-cases the name of every header of the message, and a
+  lookup of an absent header (`headers.get(...)`, `name in headers`: mitmproxy asks for
+  Transfer-Encoding, Connection and others several times per message) raises and catches a KeyError;
+  s3proxy lower-cases a message's names once per change of its headers and answers absent names without
+  an exception.
 - `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
   `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
 - `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
@@ -98,6 +103,7 @@ def tune_mitmproxy() -> None:
         no_message_typecheck,
         cheap_option_reads,
         lean_context_fork,
+        faster_header_lookups,
         cached_hook_args,
         inline_hooks,
     ):
@@ -403,6 +409,36 @@ def lean_context_fork() -> None:
         return ret
 
     _once(cls, "fork", fork)
+
+
+def faster_header_lookups() -> None:
+    from mitmproxy import http
+
+    cls = http.Headers
+    always_bytes, native = http._always_bytes, http._native
+
+    def get_all(self: Any, name: str | bytes) -> list[str]:
+        key = always_bytes(name).lower()
+        fields = self.fields
+        cached = self.__dict__.get("_s3proxy_lowered")
+        if cached is not None and cached[0] is fields:
+            lowered = cached[1]
+        else:
+            # The names lower-cased, for this tuple of fields (a change of the headers replaces it).
+            lowered = tuple(k.lower() for k, _ in fields)
+            self.__dict__["_s3proxy_lowered"] = (fields, lowered)
+        return [native(field[1]) for k, field in zip(lowered, fields, strict=True) if k == key]
+
+    def get(self: Any, key: str | bytes, default: Any = None) -> Any:
+        values = self.get_all(key)
+        return self._reduce_values(values) if values else default
+
+    def __contains__(self: Any, key: object) -> bool:
+        return bool(self.get_all(key))
+
+    _once(cls, "get_all", get_all)
+    _once(cls, "get", get)
+    _once(cls, "__contains__", __contains__)
 
 
 def cached_hook_args() -> None:

@@ -24,6 +24,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, http, master, options, optmanager
+from mitmproxy.coretypes import multidict
 from mitmproxy.proxy import commands, context, events, layer, server
 from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import http as http_layers
@@ -70,6 +71,14 @@ PINNED = {
     "OptManager.__getattr__": (optmanager.OptManager.__getattr__, "a9d5792099cd82ef"),
     "Context.fork": (tuning.ORIGINALS["mitmproxy.proxy.context.Context.fork"], "cad9374a0689f10a"),
     "Context.__init__": (context.Context.__init__, "7ee4176662abb9c7"),
+    # faster_header_lookups (Headers.get and __contains__ were Mapping's: see its test):
+    "Headers.get_all": (tuning.ORIGINALS["mitmproxy.http.Headers.get_all"], "367b3317bc2ba45c"),
+    "_MultiDict.get_all": (multidict._MultiDict.get_all, "5bff03c1afa25bb7"),
+    "_MultiDict.__getitem__": (multidict._MultiDict.__getitem__, "482e7414c932e3e8"),
+    "Headers._kconv": (http.Headers._kconv, "dd59639eb7c46701"),
+    "Headers._reduce_values": (http.Headers._reduce_values, "d808a4075a1f266d"),
+    "http._native": (http._native, "0ba4541fc6fa15ce"),
+    "http._always_bytes": (http._always_bytes, "1f256dc3d66394a0"),
     "ConnectionHandler.server_event": (
         tuning.ORIGINALS["mitmproxy.proxy.server.ConnectionHandler.server_event"],
         "a2b42657ebe8bf6d",
@@ -972,6 +981,97 @@ def test_a_forked_context_is_mitmproxys_fork() -> None:
     assert ours.layers is not ctx.layers
     ours.layers.append(object())
     assert len(ctx.layers) == 2
+
+
+_HEADER_NAMES = ["Content-Length", "content-length", "CONTENT-LENGTH", "Host", "x-amz-date", "X-Amz-\xe9"]
+_header_name = st.one_of(st.sampled_from(_HEADER_NAMES), st.text(min_size=0, max_size=6))
+_header_value = st.one_of(st.text(max_size=8), st.binary(max_size=8).map(lambda b: b.decode("latin-1")))
+
+
+def _original_lookups(headers: http.Headers, name: Any) -> tuple[Any, ...]:
+    import collections.abc
+
+    get_all = tuning.ORIGINALS["mitmproxy.http.Headers.get_all"]
+
+    class Plain(http.Headers):  # mitmproxy's own lookups, on the same fields
+        pass
+
+    Plain.get_all = get_all  # type: ignore[method-assign]
+    Plain.get = collections.abc.Mapping.get  # type: ignore[method-assign]
+    Plain.__contains__ = collections.abc.Mapping.__contains__  # type: ignore[assignment,method-assign]
+    plain = Plain()
+    plain.fields = headers.fields
+    return _lookups(plain, name)
+
+
+def _lookups(headers: http.Headers, name: Any) -> tuple[Any, ...]:
+    def attempt(f: Any) -> Any:
+        try:
+            return f()
+        except (KeyError, TypeError, AttributeError) as e:  # AttributeError: a None name, in both
+            return type(e)
+
+    return (
+        attempt(lambda: headers.get_all(name)),
+        attempt(lambda: headers.get(name)),
+        attempt(lambda: headers.get(name, "default")),
+        attempt(lambda: name in headers),
+        attempt(lambda: headers[name]),
+    )
+
+
+def test_header_lookups_were_mappings_before_tuning() -> None:
+    import collections.abc
+
+    assert tuning.ORIGINALS["mitmproxy.http.Headers.get"] is collections.abc.Mapping.get
+    assert tuning.ORIGINALS["mitmproxy.http.Headers.__contains__"] is collections.abc.Mapping.__contains__
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fields=st.lists(st.tuples(_header_name, _header_value), max_size=6),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["lookup", "set", "add", "del", "fields", "set_all", "insert"]),
+            _header_name,
+            _header_value,
+        ),
+        max_size=8,
+    ),
+)
+def test_header_lookups_answer_as_mitmproxys_through_changes(
+    fields: list[tuple[str, str]], steps: list[tuple[str, str, str]]
+) -> None:
+    headers = http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode()) for k, v in fields])
+    for op, name, value in steps:
+        for asked in (name, name.upper(), name.encode("utf-8", "surrogateescape"), None):
+            assert _lookups(headers, asked) == _original_lookups(headers, asked)
+        if op == "set":
+            headers[name] = value
+        elif op == "add":
+            headers.add(name, value)
+        elif op == "del" and name in headers:
+            del headers[name]
+        elif op == "fields":
+            headers.fields = headers.fields[1:]
+        elif op == "set_all":
+            headers.set_all(name, [value, value])
+        elif op == "insert":
+            headers.insert(0, name, value)
+    for asked in _HEADER_NAMES:
+        assert _lookups(headers, asked) == _original_lookups(headers, asked)
+
+
+def test_header_lookups_of_a_parsed_request() -> None:
+    fields = http.Headers([(b"Content-Length", b"0"), (b"X-A", b"1"), (b"x-a", b"2")])
+    req = http.Request.make("GET", "https://s3.test/b/k", b"", fields)
+    assert req.headers.get("x-a") == "1, 2"
+    assert req.headers.get_all(b"X-A") == ["1", "2"]
+    assert "transfer-encoding" not in req.headers
+    assert req.headers.get("transfer-encoding", "none") == "none"
+    req.headers["Transfer-Encoding"] = "chunked"
+    assert "transfer-encoding" in req.headers
+    assert req.headers.copy().get("transfer-encoding") == "chunked"
 
 
 def test_messages_are_not_type_checked_but_still_built() -> None:
