@@ -37,8 +37,8 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
 - `faster_header_lookups`: a header lookup lower-cases the name of every header of the message, and a
   lookup of an absent header (`headers.get(...)`, `name in headers`: mitmproxy asks for
   Transfer-Encoding, Connection and others several times per message) raises and catches a KeyError;
-  s3proxy lower-cases a message's names once per change of its headers and answers absent names without
-  an exception.
+  s3proxy indexes a message's headers by lower-cased name once per change of its headers, remembers how
+  the names it is asked for encode, and answers absent names without an exception.
 - `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
   `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
 - `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
@@ -411,23 +411,41 @@ def lean_context_fork() -> None:
     _once(cls, "fork", fork)
 
 
+# Header names asked for as str, encoded and lower-cased (the names mitmproxy and s3proxy ask for are a
+# few constants; names from requests could be anything, so only this many are kept).
+_HEADER_KEYS: dict[str, bytes] = {}
+_HEADER_KEYS_MAX = 512
+
+
 def faster_header_lookups() -> None:
     from mitmproxy import http
 
     cls = http.Headers
     always_bytes, native = http._always_bytes, http._native
+    keys = _HEADER_KEYS
 
     def get_all(self: Any, name: str | bytes) -> list[str]:
-        key = always_bytes(name).lower()
+        key = keys.get(name) if type(name) is str else None
+        if key is None:
+            key = always_bytes(name).lower()
+            if type(name) is str and len(keys) < _HEADER_KEYS_MAX:
+                keys[name] = key
         fields = self.fields
-        cached = self.__dict__.get("_s3proxy_lowered")
-        if cached is not None and cached[0] is fields:
-            lowered = cached[1]
-        else:
-            # The names lower-cased, for this tuple of fields (a change of the headers replaces it).
-            lowered = tuple(k.lower() for k, _ in fields)
-            self.__dict__["_s3proxy_lowered"] = (fields, lowered)
-        return [native(field[1]) for k, field in zip(lowered, fields, strict=True) if k == key]
+        cached = self.__dict__.get("_s3proxy_index")
+        if cached is None or cached[0] is not fields:
+            # The raw values by lower-cased name, in order, for this tuple of fields (a change of the
+            # headers replaces the tuple).
+            index: dict[bytes, list[bytes]] = {}
+            for k, v in fields:
+                lowered = k.lower()
+                if lowered in index:
+                    index[lowered].append(v)
+                else:
+                    index[lowered] = [v]
+            cached = (fields, index)
+            self.__dict__["_s3proxy_index"] = cached
+        values = cached[1].get(key)
+        return [native(v) for v in values] if values else []
 
     def get(self: Any, key: str | bytes, default: Any = None) -> Any:
         values = self.get_all(key)

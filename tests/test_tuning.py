@@ -1062,6 +1062,15 @@ def test_header_lookups_answer_as_mitmproxys_through_changes(
         assert _lookups(headers, asked) == _original_lookups(headers, asked)
 
 
+def test_the_names_header_lookups_remember_are_bounded() -> None:
+    headers = http.Headers([(b"X-A", b"1")])
+    for i in range(tuning._HEADER_KEYS_MAX + 100):
+        assert headers.get(f"x-name-{i}") is None
+    assert len(tuning._HEADER_KEYS) <= tuning._HEADER_KEYS_MAX
+    assert headers.get("X-A") == headers.get("x-a") == "1"
+    assert headers.get("x-name-99999") is None
+
+
 def test_header_lookups_of_a_parsed_request() -> None:
     fields = http.Headers([(b"Content-Length", b"0"), (b"X-A", b"1"), (b"x-a", b"2")])
     req = http.Request.make("GET", "https://s3.test/b/k", b"", fields)
