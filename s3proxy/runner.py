@@ -211,6 +211,8 @@ def serve(
     if worker is not None:
         share_listen_port()
     tuning.tune_mitmproxy()
+    if tuning.enabled("lean_log_records"):
+        tuning.lean_log_records()
 
     async def main() -> int:
         opts = options.Options()

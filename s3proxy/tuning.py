@@ -39,6 +39,10 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
   Transfer-Encoding, Connection and others several times per message) raises and catches a KeyError;
   s3proxy indexes a message's headers by lower-cased name once per change of its headers, remembers how
   the names it is asked for encode, and answers absent names without an exception.
+- `lean_log_records` (only in `s3proxy run`'s processes, not where s3proxy is imported as a library):
+  every log record (one access line per request) looked up its caller (a walk up the stack), its thread
+  and its asyncio task; no handler of the process formats them (the access log writes its message,
+  mitmproxy's formatter a time and the message), so the records no longer carry them.
 - `cached_hook_args`: a hook's arguments are its dataclass fields, which mitmproxy looks up with
   `dataclasses.fields()` each time it asks (several times per hook); s3proxy remembers the names per class.
 - `inline_hooks`: mitmproxy runs each hook in a task that, having finished (most do, within the eager
@@ -457,6 +461,15 @@ def faster_header_lookups() -> None:
     _once(cls, "get_all", get_all)
     _once(cls, "get", get)
     _once(cls, "__contains__", __contains__)
+
+
+def lean_log_records() -> None:
+    """logging's own switches for this (its documentation, "Optimization"); records still carry their
+    time, level, logger name, message and process."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined,unused-ignore]  # Python 3.12+
 
 
 def cached_hook_args() -> None:

@@ -1355,3 +1355,47 @@ def test_a_failing_held_write_is_logged_as_mitmproxy_logs_it() -> None:
     assert [x for x in seen if x != ("log", "after-hook")] == mitmproxy_seen
     assert ("log", "mitmproxy has crashed!") in seen
     assert seen[-1] == ("event", "HookCompleted")
+
+
+def test_lean_log_records_change_no_line_the_process_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from mitmproxy.log import MitmFormatter
+
+    for name in ("_srcfile", "logThreads", "logMultiprocessing", "logAsyncioTasks"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+
+    def at_fixed_time(record: logging.LogRecord) -> bool:
+        record.created, record.msecs = 1_700_000_000.0, 123.0
+        return True
+
+    def lines() -> tuple[list[str], logging.LogRecord]:
+        out, seen = [], []
+        for formatter in (logging.Formatter("%(message)s"), MitmFormatter(colorize=False)):
+            stream = io.StringIO()
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(formatter)
+            handler.addFilter(at_fixed_time)
+            handler.addFilter(lambda record: seen.append(record) or True)
+            logger = logging.getLogger("s3proxy.test-lean-records")
+            monkeypatch.setattr(logger, "handlers", [handler])
+            monkeypatch.setattr(logger, "propagate", False)
+            logger.setLevel(logging.INFO)
+            logger.info('{"method":"GET","key":"%s"}', "k")
+            logger.warning("refused tunnel to %s", "example.test", extra={"client": ("127.0.0.1", 5)})
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logger.error("Addon error: boom", exc_info=True)
+            out.append(stream.getvalue())
+        return out, seen[0]
+
+    before, record = lines()
+    assert record.funcName == "lines" and record.threadName is not None
+    tuning.lean_log_records()
+    after, record = lines()
+    assert after == before
+    assert "refused tunnel to example.test" in after[1] and "127.0.0.1:5" in after[1]
+    assert "ValueError: boom" in after[1]
+    # What the records no longer look up:
+    assert record.funcName != "lines" and record.threadName is None and record.processName is None
