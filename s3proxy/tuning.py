@@ -39,6 +39,10 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
   Transfer-Encoding, Connection and others several times per message) raises and catches a KeyError;
   s3proxy indexes a message's headers by lower-cased name once per change of its headers, remembers how
   the names it is asked for encode, and answers absent names without an exception.
+- `inline_watchdog`: each hook disarms the connection's inactivity watchdog through a generator-based
+  context manager and awaits the flow's `wait_for_resume()`, which returns at once unless the flow was
+  intercepted (s3proxy never intercepts); s3proxy does the same disarming and re-arming inline and awaits
+  only for an intercepted flow.
 - `lean_log_records` (only in `s3proxy run`'s processes, not where s3proxy is imported as a library):
   every log record (one access line per request) looked up its caller (a walk up the stack), its thread
   and its asyncio task; no handler of the process formats them (the access log writes its message,
@@ -108,6 +112,7 @@ def tune_mitmproxy() -> None:
         cheap_option_reads,
         lean_context_fork,
         faster_header_lookups,
+        inline_watchdog,
         cached_hook_args,
         inline_hooks,
     ):
@@ -461,6 +466,31 @@ def faster_header_lookups() -> None:
     _once(cls, "get_all", get_all)
     _once(cls, "get", get)
     _once(cls, "__contains__", __contains__)
+
+
+def inline_watchdog() -> None:
+    from mitmproxy import flow
+    from mitmproxy.proxy import mode_servers
+
+    Flow = flow.Flow
+
+    async def handle_hook(self: Any, hook: Any) -> None:
+        # mitmproxy's ProxyConnectionHandler.handle_hook with TimeoutWatchdog.disarm written out.
+        watchdog = self.timeout_watchdog
+        watchdog.can_timeout.clear()
+        watchdog.blocker += 1
+        try:
+            (data,) = hook.args()
+            await self.master.addons.handle_lifecycle(hook)
+            if isinstance(data, Flow) and data.intercepted:
+                await data.wait_for_resume()
+        finally:
+            watchdog.blocker -= 1
+            if watchdog.blocker == 0:
+                watchdog.register_activity()
+                watchdog.can_timeout.set()
+
+    _once(mode_servers.ProxyConnectionHandler, "handle_hook", handle_hook)
 
 
 def lean_log_records() -> None:

@@ -23,9 +23,10 @@ import pytest
 import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import addonmanager, connection, exceptions, http, master, options, optmanager
+from mitmproxy import addonmanager, connection, exceptions, flow, http, master, options, optmanager
 from mitmproxy.coretypes import multidict
 from mitmproxy.proxy import commands, context, events, layer, server
+from mitmproxy.proxy import mode_servers as server_modes
 from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
@@ -71,6 +72,14 @@ PINNED = {
     "OptManager.__getattr__": (optmanager.OptManager.__getattr__, "a9d5792099cd82ef"),
     "Context.fork": (tuning.ORIGINALS["mitmproxy.proxy.context.Context.fork"], "cad9374a0689f10a"),
     "Context.__init__": (context.Context.__init__, "7ee4176662abb9c7"),
+    # inline_watchdog:
+    "ProxyConnectionHandler.handle_hook": (
+        tuning.ORIGINALS["mitmproxy.proxy.mode_servers.ProxyConnectionHandler.handle_hook"],
+        "9f8b52fd798203c9",
+    ),
+    "TimeoutWatchdog.disarm": (server.TimeoutWatchdog.disarm.__wrapped__, "99af75f94eed883a"),
+    "TimeoutWatchdog.register_activity": (server.TimeoutWatchdog.register_activity, "41e033f7debf79d3"),
+    "Flow.wait_for_resume": (flow.Flow.wait_for_resume, "a333ab3b51300b44"),
     # faster_header_lookups (Headers.get and __contains__ were Mapping's: see its test):
     "Headers.get_all": (tuning.ORIGINALS["mitmproxy.http.Headers.get_all"], "367b3317bc2ba45c"),
     "_MultiDict.get_all": (multidict._MultiDict.get_all, "5bff03c1afa25bb7"),
@@ -1399,3 +1408,64 @@ def test_lean_log_records_change_no_line_the_process_writes(monkeypatch: pytest.
     assert "ValueError: boom" in after[1]
     # What the records no longer look up:
     assert record.funcName != "lines" and record.threadName is None and record.processName is None
+
+
+def _watchdog_run(handle_hook: Any, scenario: str) -> list[Any]:
+    """What a hook run by `handle_hook` shows of the connection's watchdog, before, during and after."""
+    seen: list[Any] = []
+
+    async def main() -> None:
+        watchdog = server.TimeoutWatchdog(10, _never)
+        watchdog.last_activity = 0.0
+        f = tflow.tflow()
+        if scenario == "intercepted":
+            f.intercept()
+            asyncio.get_running_loop().call_later(0.01, f.resume)
+
+        async def handle_lifecycle(hook: Any) -> None:
+            seen.append(("during", watchdog.blocker, watchdog.can_timeout.is_set(), hook.args() == [f]))
+            if scenario == "nested" and isinstance(hook, http_layers.HttpRequestHook):
+                await handle_hook(
+                    handler,
+                    hooks.ServerConnectedHook(hooks.ServerConnectionHookData(f.server_conn, f.client_conn)),
+                )
+                seen.append(("after nested", watchdog.blocker, watchdog.can_timeout.is_set()))
+            if scenario == "raises":
+                raise RuntimeError("addon")
+
+        handler = types.SimpleNamespace(
+            timeout_watchdog=watchdog,
+            master=types.SimpleNamespace(addons=types.SimpleNamespace(handle_lifecycle=handle_lifecycle)),
+        )
+        hook = http_layers.HttpRequestHook(f)
+        try:
+            await handle_hook(handler, hook)
+        except RuntimeError as e:
+            seen.append(("raised", str(e)))
+        seen.append(
+            (
+                "after",
+                watchdog.blocker,
+                watchdog.can_timeout.is_set(),
+                watchdog.last_activity > 0,
+                f.intercepted,
+            )
+        )
+
+    asyncio.run(main())
+    return seen
+
+
+async def _never() -> None:
+    raise AssertionError("the watchdog fired")
+
+
+@pytest.mark.parametrize("scenario", ["plain", "nested", "raises", "intercepted"])
+def test_hooks_disarm_and_rearm_the_watchdog_as_mitmproxy_does(scenario: str) -> None:
+    ours = _watchdog_run(server_modes.ProxyConnectionHandler.handle_hook, scenario)
+    theirs = _watchdog_run(
+        tuning.ORIGINALS["mitmproxy.proxy.mode_servers.ProxyConnectionHandler.handle_hook"], scenario
+    )
+    assert ours == theirs
+    assert ours[0][:3] == ("during", 1, False)
+    assert ours[-1] == ("after", 0, True, True, False)
