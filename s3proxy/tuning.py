@@ -483,7 +483,7 @@ def inline_watchdog() -> None:
             (data,) = hook.args()
             await self.master.addons.handle_lifecycle(hook)
             if isinstance(data, Flow) and data.intercepted:
-                await data.wait_for_resume()
+                await data.wait_for_resume()  # type: ignore[no-untyped-call]
         finally:
             watchdog.blocker -= 1
             if watchdog.blocker == 0:
