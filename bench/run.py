@@ -213,6 +213,24 @@ def find_nginx() -> str:
     return nginx
 
 
+def proxy_venv(args: argparse.Namespace) -> Path:
+    """The venv whose `s3proxy` and `mitmdump` run as the proxies (`--venv`; the clients always run in this
+    interpreter)."""
+    return Path(getattr(args, "venv", None) or REPO / ".venv")
+
+
+def proxy_python(args: argparse.Namespace) -> str:
+    """The proxies' Python, as `sys.version` reports it, and whether it was built with PGO and LTO."""
+    probe = (
+        "import sys, sysconfig; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
+        "print(sys.version.split()[0], sys.executable, "
+        "'PGO' if '--enable-optimizations' in a else 'no PGO', 'LTO' if '--with-lto' in a else 'no LTO')"
+    )
+    python = proxy_venv(args) / "bin" / "python"
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or f"{python}: {done.stderr.strip()[-200:]}"
+
+
 def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tuple[Env, Any]:
     from s3proxy.standin.certs import make_certs
     from s3proxy.standin.dns import DnsServer
@@ -274,7 +292,7 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
         path.write_text(yaml.safe_dump(cfg))
         log = (root / f"{name}.log").open("wb")
         env.procs[name] = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "s3proxy"), "run", "--config", str(path)],
+            [str(proxy_venv(args) / "bin" / "s3proxy"), "run", "--config", str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -285,7 +303,7 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
     env.ports["bare"] = free_port()
     env.procs["bare"] = subprocess.Popen(
         [
-            str(REPO / ".venv" / "bin" / "mitmdump"),
+            str(proxy_venv(args) / "bin" / "mitmdump"),
             "-q",
             "-s",
             str(REPO / "bench" / "bare_addon.py"),
@@ -679,6 +697,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": sizes,
         "cores": os.cpu_count(),
         "workers": args.workers,
+        "proxy_python": proxy_python(args),
         "load_before": os.getloadavg(),
         "seconds": seconds,
         "results": {},
@@ -910,6 +929,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="repeat each test; the best figure is kept")
     p.add_argument("--tests", help="comma-separated subset: big,small,newconn,conc,rss (default: all)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    p.add_argument(
+        "--venv",
+        type=Path,
+        help="run the proxies (s3proxy, mitmdump) from this venv, e.g. one on another Python build "
+        "(default: the repository's .venv); it needs `pip install --require-hashes -r requirements.lock` "
+        "and `pip install --no-deps -e .`",
+    )
     p.add_argument("--table", type=Path, help="print the table of a JSON file written by --json, run nothing")
     p.add_argument("--load-client", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -926,6 +952,7 @@ def main() -> int:
     print()
     print(table(out))
     print(f"\nload average before {out['load_before']}, after {out['load_after']}; {out['cores']} cores")
+    print(f"proxies' Python: {out['proxy_python']}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
