@@ -948,6 +948,10 @@ def main() -> int:
     # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so nginx, the DNS server and the proxies are
     # stopped instead of being left running.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    missing = [p for p in ("python", "s3proxy", "mitmdump") if not (proxy_venv(args) / "bin" / p).exists()]
+    if missing:
+        print(f"{proxy_venv(args)}/bin has no {', '.join(missing)}: see --help for --venv", file=sys.stderr)
+        return 2
     out = run_bench(args)
     print()
     print(table(out))

@@ -432,14 +432,19 @@ def faster_header_lookups() -> None:
     cls = http.Headers
     always_bytes, native = http._always_bytes, http._native
     keys = _HEADER_KEYS
+    original_get_all = cls.get_all
 
     def get_all(self: Any, name: str | bytes) -> list[str]:
+        fields = self.fields
+        if type(fields) is not tuple:
+            # Only a tuple is known not to change while it is the headers' fields (mitmproxy always
+            # assigns one); anything else is looked up as mitmproxy looks it up.
+            return original_get_all(self, name)
         key = keys.get(name) if type(name) is str else None
         if key is None:
             key = always_bytes(name).lower()
             if type(name) is str and len(keys) < _HEADER_KEYS_MAX:
                 keys[name] = key
-        fields = self.fields
         cached = self.__dict__.get("_s3proxy_index")
         if cached is None or cached[0] is not fields:
             # The raw values by lower-cased name, in order, for this tuple of fields (a change of the
@@ -495,7 +500,8 @@ def inline_watchdog() -> None:
 
 def lean_log_records() -> None:
     """logging's own switches for this (its documentation, "Optimization"); records still carry their
-    time, level, logger name, message and process."""
+    time, level, logger name, message and process. Without the caller lookup, `stack_info=True` adds no
+    stack to a record either (nothing in s3proxy or mitmproxy asks for one)."""
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False

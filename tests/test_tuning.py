@@ -7,9 +7,12 @@ their source, so an upgrade that changes them fails here first."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import copy
 import dataclasses
 import hashlib
 import inspect
+import io
 import logging
 import random
 import re
@@ -946,7 +949,6 @@ def test_hook_args_are_the_fields_in_order() -> None:
 
 
 def test_option_values_read_as_mitmproxy_reads_them_copying_only_what_deepcopy_would_copy() -> None:
-    import copy
 
     original = tuning.ORIGINALS["mitmproxy.optmanager._Option.current"]
     # What is handed out uncopied is exactly what deepcopy hands out uncopied.
@@ -998,7 +1000,6 @@ _header_value = st.one_of(st.text(max_size=8), st.binary(max_size=8).map(lambda 
 
 
 def _original_lookups(headers: http.Headers, name: Any) -> tuple[Any, ...]:
-    import collections.abc
 
     get_all = tuning.ORIGINALS["mitmproxy.http.Headers.get_all"]
 
@@ -1030,10 +1031,19 @@ def _lookups(headers: http.Headers, name: Any) -> tuple[Any, ...]:
 
 
 def test_header_lookups_were_mappings_before_tuning() -> None:
-    import collections.abc
 
     assert tuning.ORIGINALS["mitmproxy.http.Headers.get"] is collections.abc.Mapping.get
     assert tuning.ORIGINALS["mitmproxy.http.Headers.__contains__"] is collections.abc.Mapping.__contains__
+    # and headers[name] is still the MultiDict's, which goes through get_all:
+    assert http.Headers.__getitem__ is multidict._MultiDict.__getitem__
+
+
+def test_headers_whose_fields_are_not_a_tuple_are_looked_up_as_mitmproxy_does() -> None:
+    headers = http.Headers()
+    headers.fields = [(b"A", b"1")]  # type: ignore[assignment]  # a list, changed in place below
+    assert headers.get("a") == "1"
+    headers.fields.append((b"X", b"2"))  # type: ignore[attr-defined]
+    assert headers.get("x") == "2" and "x" in headers
 
 
 @settings(max_examples=150, deadline=None)
@@ -1072,12 +1082,17 @@ def test_header_lookups_answer_as_mitmproxys_through_changes(
 
 
 def test_the_names_header_lookups_remember_are_bounded() -> None:
-    headers = http.Headers([(b"X-A", b"1")])
-    for i in range(tuning._HEADER_KEYS_MAX + 100):
-        assert headers.get(f"x-name-{i}") is None
-    assert len(tuning._HEADER_KEYS) <= tuning._HEADER_KEYS_MAX
-    assert headers.get("X-A") == headers.get("x-a") == "1"
-    assert headers.get("x-name-99999") is None
+    remembered = dict(tuning._HEADER_KEYS)
+    try:
+        headers = http.Headers([(b"X-A", b"1")])
+        for i in range(tuning._HEADER_KEYS_MAX + 100):
+            assert headers.get(f"x-name-{i}") is None
+        assert len(tuning._HEADER_KEYS) <= tuning._HEADER_KEYS_MAX
+        assert headers.get("X-A") == headers.get("x-a") == "1"
+        assert headers.get("x-name-99999") is None
+    finally:
+        tuning._HEADER_KEYS.clear()
+        tuning._HEADER_KEYS.update(remembered)
 
 
 def test_header_lookups_of_a_parsed_request() -> None:
@@ -1367,7 +1382,6 @@ def test_a_failing_held_write_is_logged_as_mitmproxy_logs_it() -> None:
 
 
 def test_lean_log_records_change_no_line_the_process_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
 
     from mitmproxy.log import MitmFormatter
 
@@ -1432,16 +1446,24 @@ def _watchdog_run(handle_hook: Any, scenario: str) -> list[Any]:
                 seen.append(("after nested", watchdog.blocker, watchdog.can_timeout.is_set()))
             if scenario == "raises":
                 raise RuntimeError("addon")
+            if scenario == "cancelled":
+                await asyncio.sleep(10)  # cancelled while the hook waits
 
         handler = types.SimpleNamespace(
             timeout_watchdog=watchdog,
             master=types.SimpleNamespace(addons=types.SimpleNamespace(handle_lifecycle=handle_lifecycle)),
         )
         hook = http_layers.HttpRequestHook(f)
+        task = asyncio.ensure_future(handle_hook(handler, hook))
+        if scenario == "cancelled":
+            await asyncio.sleep(0.01)
+            task.cancel()
         try:
-            await handle_hook(handler, hook)
+            await task
         except RuntimeError as e:
             seen.append(("raised", str(e)))
+        except asyncio.CancelledError:
+            seen.append(("cancelled",))
         seen.append(
             (
                 "after",
@@ -1460,7 +1482,7 @@ async def _never() -> None:
     raise AssertionError("the watchdog fired")
 
 
-@pytest.mark.parametrize("scenario", ["plain", "nested", "raises", "intercepted"])
+@pytest.mark.parametrize("scenario", ["plain", "nested", "raises", "cancelled", "intercepted"])
 def test_hooks_disarm_and_rearm_the_watchdog_as_mitmproxy_does(scenario: str) -> None:
     ours = _watchdog_run(server_modes.ProxyConnectionHandler.handle_hook, scenario)
     theirs = _watchdog_run(
