@@ -32,10 +32,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from prometheus_client.parser import text_string_to_metric_families
 
 # The reusable stand-ins live in the product (`s3proxy demo` uses them); re-exported here so tests keep
 # importing everything from e2e.harness.
@@ -1063,3 +1067,66 @@ def running_proxy(
         yield proxy
     finally:
         proxy.stop()
+
+
+# --- the admin listener of a running proxy -------------------------------------------------------------
+
+
+class Admin:
+    """The admin listener of one proxy."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        """(status, content type, body); never through a proxy."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.base + path, timeout=10) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        status, _, text = self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.metrics().items() if n == name and want <= ls)
+
+    def wait_for(self, name: str, at_least: float, timeout: float = 15, **labels: str) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.value(name, **labels)
+            if v >= at_least:
+                return v
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}{labels} stayed at {v}, expected >= {at_least}")
+            time.sleep(0.1)
+
+
+def admin_proxy(
+    factory: Callable[..., ProxyProcess], overrides: dict[str, Any] | None = None
+) -> tuple[ProxyProcess, Admin]:
+    port = free_ports(1)[0]
+    cfg = {"admin": {"listen": f"127.0.0.1:{port}"}}
+    proxy = factory({**cfg, **(overrides or {})})
+    admin = Admin(port)
+    deadline = time.monotonic() + 10
+    while True:  # the admin listener starts with mitmproxy's loop, just after the proxy port
+        try:
+            if admin.get("/healthz")[0] == 200:
+                return proxy, admin
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"admin listener not up:\n{proxy.logs()[-3000:]}")
+        time.sleep(0.05)
