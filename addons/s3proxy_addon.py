@@ -288,6 +288,7 @@ class S3Proxy:
         # ~0.4 s of CPU on the event loop, so it is paid once per credential, not once per connection.
         # Only digests are kept (never the password); cleared whenever the config changes.
         self._proxy_auth_ok: set[bytes] = set()
+        self.password_checks = 0  # Proxy-Authorization headers checked against the hashes (a metric)
         self.previous_upstreams: Upstreams | None = None
         # Bumped by every config load: a client connection admitted under an older config is checked
         # against the access rules again on its next request.
@@ -404,6 +405,8 @@ class S3Proxy:
         if refusal is None and digest not in self._proxy_auth_ok:
             # A password hash costs ~0.4 s of CPU by design: never on the event loop, which would stall
             # every other client while a wrong (or a flood of wrong) passwords are checked.
+            if header and self.config.access.users:
+                self.password_checks += 1
             refusal = await asyncio.to_thread(access.check_proxy_auth, header, self.config.access)
             if refusal is None and header and self.config.access.users:
                 if len(self._proxy_auth_ok) >= 4096:

@@ -121,6 +121,7 @@ class Operations:
         self.metrics = Metrics(version=__version__, python_version=platform.python_version())
         self.metrics.attach_dns(self._dns_stats)
         self.metrics.attach_upstream(self._upstream_stats)
+        self.metrics.attach_access(lambda: {"password_checks": self.proxy.password_checks})
         self.admin: admin.AdminServer | None = None
         self.admin_listen: tuple[str, int] | None = None
         self.fatal: str | None = None  # why the process must exit non-zero (e.g. the admin port is taken)

@@ -37,7 +37,8 @@ StatsSource = Callable[[], Mapping[str, int] | None]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
-# (source, stats field, metric name without _total, help). Sources: resolver.Stats, upstream.UpstreamStats.
+# (source, stats field, metric name without _total, help). Sources: resolver.Stats, upstream.UpstreamStats,
+# the addon's proxy-auth counters.
 _SOURCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("dns", "lookups", "s3proxy_dns_lookups", "DNS lookups of endpoint names sent to the nameservers."),
     ("dns", "failures", "s3proxy_dns_failures", "DNS lookups of endpoint names that failed."),
@@ -49,6 +50,13 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("upstream", "failovers", "s3proxy_failovers", "Times a request moved to another endpoint address."),
     ("upstream", "probes", "s3proxy_upstream_probes", "TCP+TLS probes of endpoint addresses."),
     ("upstream", "probe_failures", "s3proxy_upstream_probe_failures", "Endpoint address probes that failed."),
+    (
+        "access",
+        "password_checks",
+        "s3proxy_proxy_auth_password_checks",
+        "Proxy-Authorization headers checked against access.users' password hashes (costly by design); "
+        "a credential that passed is remembered and not checked again.",
+    ),
 )
 
 
@@ -252,6 +260,10 @@ class Metrics:
     def attach_upstream(self, stats: StatsSource) -> None:
         """`stats` returns the upstream pool's counters (`dataclasses.asdict(UpstreamStats)`)."""
         self._sources.sources["upstream"] = stats
+
+    def attach_access(self, stats: StatsSource) -> None:
+        """`stats` returns the proxy-auth counters (`password_checks`)."""
+        self._sources.sources["access"] = stats
 
     # -- exposition --------------------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -138,6 +138,14 @@ def test_broken_source_does_not_break_the_scrape(m: Metrics) -> None:
     assert value(m, "s3proxy_failovers_total") == 1
 
 
+def test_proxy_auth_password_checks_are_read_from_the_addon(m: Metrics) -> None:
+    counts = {"password_checks": 0}
+    assert value(m, "s3proxy_proxy_auth_password_checks_total") == 0
+    m.attach_access(lambda: counts)
+    counts["password_checks"] = 3
+    assert value(m, "s3proxy_proxy_auth_password_checks_total") == 3
+
+
 def test_reload_ready_redirects_build_info(m: Metrics) -> None:
     assert value(m, "s3proxy_config_reload_total", result="failure") == 0  # present before the first event
     m.config_reload(True, 1_700_000_000.0)
