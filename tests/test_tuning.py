@@ -400,6 +400,18 @@ def tls_pair(contexts: tuple[SSL.Context, SSL.Context]) -> tuple[SSL.Connection,
     return client, server
 
 
+def _decrypt_all(client: SSL.Connection, records: list[bytes]) -> bytes:
+    """What `client` decrypts from `records` (TLS output of the other side)."""
+    if records:
+        client.bio_write(b"".join(records))
+    out = bytearray()
+    while True:
+        try:
+            out += client.recv(1 << 20)
+        except SSL.WantReadError:
+            return bytes(out)
+
+
 class Layer:
     """The parts of a TLSLayer that receive_data touches, around a real pyOpenSSL connection."""
 
@@ -526,14 +538,7 @@ def test_tls_output_is_drained_whole_and_decrypts_to_what_was_sent(
         layer = cls(server)
         server.sendall(plaintext)
         sent = [c.data for c in layer.tls_interact() if isinstance(c, commands.SendData)]
-        client.bio_write(b"".join(sent))
-        out = bytearray()
-        while True:
-            try:
-                out += client.recv(1 << 20)
-            except SSL.WantReadError:
-                break
-        assert bytes(out) == plaintext
+        assert _decrypt_all(client, sent) == plaintext
         if cls is Layer:
             assert len(sent) <= 3  # drained in pieces of up to TLS_DRAIN_SIZE, not 64 KiB
         else:
@@ -553,15 +558,7 @@ def test_tls_output_of_any_size_decrypts_to_what_was_sent(
     assert len(sent) == -(-sum(map(len, sent)) // tuning.TLS_DRAIN_SIZE)
     with pytest.raises(SSL.WantReadError):
         server.bio_read(1)  # nothing left behind
-    if sent:
-        client.bio_write(b"".join(sent))
-    out = bytearray()
-    while True:
-        try:
-            out += client.recv(1 << 20)
-        except SSL.WantReadError:
-            break
-    assert bytes(out) == plaintext
+    assert _decrypt_all(client, sent) == plaintext
 
 
 @pytest.mark.parametrize("helper_name", ["_verify_helper", "_alpn_select_helper", "_ocsp_helper"])
