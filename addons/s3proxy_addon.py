@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Server
 from mitmproxy.proxy import server_hooks
 
-from s3proxy import access, guard, hosts
+from s3proxy import access, guard, hosts, reuse
 from s3proxy.chunked import ChunkResigner
 from s3proxy.config import Config, ConfigError, load_config
 from s3proxy.engine import Decision, Engine
@@ -349,6 +349,8 @@ class S3Proxy:
         self.config = config
         self.generation += 1
         self.regions.max_entries, self.regions.ttl = u.region_cache_size, u.region_cache_ttl
+        # Kept endpoint connections were made under the old config (endpoints, CA bundle): close them.
+        reuse.REUSE.configure(u.reuse_idle, u.reuse_max)
 
     def reload(self) -> str | None:
         """Read the config file again and swap it in for new requests; open connections are untouched.
@@ -373,6 +375,11 @@ class S3Proxy:
         install_s3_protocol_errors()
         install_stale_connection_replay()
         install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
+        reuse.install()
+        shared = reuse.REUSE
+        shared.wants = lambda host: self.upstreams_for(host) is not None
+        shared.keep_address = self._still_preferred
+        shared.on_reuse = self._count_reuse
         # mitmproxy connects with asyncio.open_connection(host, port): answer its name lookups for our
         # vpce names (see module docstring); everything else keeps the loop's own getaddrinfo.
         loop = asyncio.get_running_loop()
@@ -390,6 +397,26 @@ class S3Proxy:
 
         getaddrinfo._s3proxy = True  # type: ignore[attr-defined]
         loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+
+    def _still_preferred(self, host: str, address: str) -> bool:
+        # A kept connection is reused only while its address is the one a new connection would try first:
+        # after a failover it is not, once the preferred address's bench time is over.
+        pool = self.upstreams_for(host)
+        return pool is not None and pool.preferred(host) == address
+
+    def _count_reuse(self, host: str) -> None:
+        pool = self.upstreams_for(host)
+        if pool is not None:
+            pool.stats.reused += 1
+
+    def client_disconnected(self, client: Any) -> None:
+        # Its idle endpoint connections are kept for the next client connection (upstream.reuse_idle).
+        handler = getattr(client, reuse.HANDLER, None)
+        if handler is not None:
+            reuse.REUSE.park_idle(handler)
+
+    def done(self) -> None:
+        reuse.REUSE.close_all()
 
     # -- access rules ---------------------------------------------------------------------------------
     async def _refuse_client(self, flow: http.HTTPFlow) -> bool:

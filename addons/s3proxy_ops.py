@@ -36,7 +36,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from addons.s3proxy_addon import REFUSAL_KEY, REQUEST_KEY, S3Proxy, error_response, request_from_flow
-from s3proxy import __version__, admin, hosts, pac
+from s3proxy import __version__, admin, hosts, pac, reuse
 from s3proxy.accesslog import ID_HEADERS, AccessRecord, build_record, format_json, format_text
 from s3proxy.config import Config
 from s3proxy.engine import Decision
@@ -122,6 +122,7 @@ class Operations:
         self.metrics.attach_dns(self._dns_stats)
         self.metrics.attach_upstream(self._upstream_stats)
         self.metrics.attach_access(lambda: {"password_checks": self.proxy.password_checks})
+        self.metrics.attach_idle_upstream(lambda: len(reuse.REUSE.pool))
         self.admin: admin.AdminServer | None = None
         self.admin_listen: tuple[str, int] | None = None
         self.fatal: str | None = None  # why the process must exit non-zero (e.g. the admin port is taken)

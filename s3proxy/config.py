@@ -93,6 +93,10 @@ class UpstreamConfig:
     discover_region: bool = True
     region_cache_ttl: float = 3600.0  # learned bucket regions are trusted this long
     region_cache_size: int = 10000  # at most this many buckets (least recently used dropped first)
+    # An endpoint connection left idle by a client connection that ended is kept this many seconds for the
+    # next client connection to the same endpoint name, which then needs no TCP+TLS handshake (0: off).
+    reuse_idle: float = 5.0
+    reuse_max: int = 16  # idle endpoint connections kept per endpoint name (per worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +593,8 @@ def _upstream(node: _Node | None) -> UpstreamConfig:
         "discover_region",
         "region_cache_ttl",
         "region_cache_size",
+        "reuse_idle",
+        "reuse_max",
     )
     node.mapping(keys)
     d = UpstreamConfig()
@@ -601,6 +607,8 @@ def _upstream(node: _Node | None) -> UpstreamConfig:
     if dn is not None and not isinstance(dn.value, bool):
         dn.fail("must be true or false")
     size = node.get("region_cache_size", keys)
+    reuse_max = node.get("reuse_max", keys)
+    reuse_idle = node.get("reuse_idle", keys)
     return UpstreamConfig(
         num("connect_timeout", d.connect_timeout, 0.01),
         num("bench_seconds", d.bench_seconds, 0),
@@ -610,6 +618,9 @@ def _upstream(node: _Node | None) -> UpstreamConfig:
         discover_region=d.discover_region if dn is None else bool(dn.value),
         region_cache_ttl=num("region_cache_ttl", d.region_cache_ttl, 0),
         region_cache_size=int(size.number(minimum=1, integer=True)) if size else d.region_cache_size,
+        # Kept connections are never older than reuse.MAX_AGE (60 s) anyway.
+        reuse_idle=reuse_idle.number(minimum=0, maximum=60) if reuse_idle else d.reuse_idle,
+        reuse_max=int(reuse_max.number(minimum=0, integer=True)) if reuse_max else d.reuse_max,
     )
 
 

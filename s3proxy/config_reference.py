@@ -107,6 +107,12 @@ DESCRIPTIONS: Mapping[str, tuple[str | None, str]] = {
     ),
     "upstream.region_cache_ttl": (None, "Seconds a learned bucket region is trusted."),
     "upstream.region_cache_size": (None, "Buckets whose region is remembered (least recently used dropped)."),
+    "upstream.reuse_idle": (
+        None,
+        "Seconds an idle endpoint connection of a client connection that ended is kept for the next client "
+        "connection to the same endpoint (no new TCP+TLS handshake); 0: off.",
+    ),
+    "upstream.reuse_max": (None, "Idle endpoint connections kept per endpoint name and worker; 0: off."),
     "admin": ("", "The admin listener: `/metrics`, `/healthz`, `/readyz`, `/proxy.pac`."),
     "admin.listen": ("off", "`ADDRESS:PORT` to serve them on; never reachable through the proxy port."),
     "admin.pac_proxy": (

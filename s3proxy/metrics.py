@@ -51,6 +51,13 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("upstream", "probes", "s3proxy_upstream_probes", "TCP+TLS probes of endpoint addresses."),
     ("upstream", "probe_failures", "s3proxy_upstream_probe_failures", "Endpoint address probes that failed."),
     (
+        "upstream",
+        "reused",
+        "s3proxy_upstream_connections_reused",
+        "Idle endpoint connections of ended client connections taken by new ones instead of a new "
+        "connection (upstream.reuse_idle).",
+    ),
+    (
         "access",
         "password_checks",
         "s3proxy_proxy_auth_password_checks",
@@ -189,6 +196,11 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("s3proxy_ready", "1 when /readyz reports ready.", registry=r)
+        self.idle_upstream = Gauge(
+            "s3proxy_upstream_idle_connections",
+            "Endpoint connections kept idle for the next client connection (upstream.reuse_idle).",
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)  # both series exist from the start: rate() works at once
         self._sources = _SourceCollector()
@@ -260,6 +272,10 @@ class Metrics:
     def attach_upstream(self, stats: StatsSource) -> None:
         """`stats` returns the upstream pool's counters (`dataclasses.asdict(UpstreamStats)`)."""
         self._sources.sources["upstream"] = stats
+
+    def attach_idle_upstream(self, count: Callable[[], int]) -> None:
+        """`count` returns how many endpoint connections are kept idle now (read at scrape time)."""
+        self.idle_upstream.set_function(count)
 
     def attach_access(self, stats: StatsSource) -> None:
         """`stats` returns the proxy-auth counters (`password_checks`)."""

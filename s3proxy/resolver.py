@@ -517,6 +517,22 @@ class Resolver(ResolverCore):
                 cached[i] = r
         return self._choose(cands, [r for r in cached if r is not None])
 
+    def pick_cached(self, endpoint: Endpoint, kind: HostKind) -> list[Target] | None:
+        """What `pick` would answer now from the cache alone (nothing counted, nothing asked), or None when
+        a candidate's answer is missing or expired or no candidate resolved."""
+        cands = _candidates(endpoint, kind, None)
+        now = self.clock()
+        results: list[_Result] = []
+        for c in cands:
+            entry = self._cache.get(c.name)
+            if entry is None or entry.expires <= now:
+                return None
+            results.append(entry.result)
+        try:
+            return self._choose(cands, results)
+        except DnsFailure:
+            return None
+
     async def _result(self, key: str) -> _Result:
         cached = self._cached(key)
         if cached is not None:

@@ -57,6 +57,7 @@ class UpstreamStats:
     probe_failures: int = 0
     connect_failures: int = 0
     failovers: int = 0
+    reused: int = 0  # endpoint connections a client connection left idle, taken by a later one
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,18 @@ class Upstreams:
             else:
                 out.append((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (t.address, port)))
         return out
+
+    def preferred(self, host: str) -> str | None:
+        """The address a new connection to `host` (one of our connection names) would try first, from the
+        DNS cache alone; None when not ours or not known without a lookup."""
+        route = self.route(host)
+        if route is None:
+            return None
+        picks = self.resolver.pick_cached(route.endpoint, route.kind)
+        if not picks:
+            return None
+        live = [t for t in picks if not self.resolver.is_benched(t.address)] or picks
+        return live[0].address
 
     def bench(self, address: str, reason: str) -> None:
         log.warning("endpoint address %s benched for %.0fs: %s", address, self.bench_seconds, reason)

@@ -626,6 +626,40 @@ def test_pick_zonal_preference_and_bench(zone: Zone, ns: tuple[str, int]) -> Non
     asyncio.run(go())
 
 
+def test_pick_cached_answers_from_the_cache_alone(zone: Zone, ns: tuple[str, int]) -> None:
+    """What s3proxy.reuse asks before reusing a kept connection: where a new connection would go now,
+    without a lookup, and without counting as a cache hit."""
+    import ssl
+
+    from s3proxy.upstream import Upstreams
+
+    zone.add(zonal("us-east-1a"), "127.0.1.1", ttl=60)
+    zone.add(zonal("us-east-1b"), "127.0.2.1", ttl=60)
+    zone.add(REGIONAL, "127.0.1.1", "127.0.2.1", ttl=60)
+    clock = FakeClock()
+    r = make([ns], clock, families=("A",))
+    ep = endpoint(("us-east-1a", "us-east-1b"), "us-east-1b")
+    ups = Upstreams(r, {"us-east-1": ep}, ssl_context=ssl.create_default_context())
+    host = f"bucket.{VPCE}"
+    assert r.pick_cached(ep, "bucket") is None and ups.preferred(host) is None  # nothing cached: no lookup
+    assert r.stats.lookups == 0
+
+    async def go() -> None:
+        assert r.pick_cached(ep, "bucket") == await r.pick(ep, "bucket")
+
+    asyncio.run(go())
+    hits = r.stats.cache_hits
+    assert ups.preferred(host) == "127.0.2.1"
+    assert ups.preferred("bucket.vpce-other.s3.us-east-1.vpce.amazonaws.com") is None  # not ours
+    r.bench("127.0.2.1", 30)
+    assert ups.preferred(host) == "127.0.1.1"  # failed over
+    clock.advance(31)
+    assert ups.preferred(host) == "127.0.2.1"  # the preferred zone's bench is over
+    assert r.stats.cache_hits == hits and r.stats.lookups == 3
+    clock.advance(60)
+    assert ups.preferred(host) is None  # expired: a new connection looks the names up again
+
+
 def test_pick_fails_with_regional_name(zone: Zone, ns: tuple[str, int]) -> None:
     r = make([ns])
     with pytest.raises(DnsFailure) as info:

@@ -340,6 +340,7 @@ class UpstreamTap:
         self._redirects: dict[str, tuple[str, tuple[str, ...]]] = {}  # bucket -> (region, its domains)
         self._bad_ctx: ssl.SSLContext | None = None
         self._release: asyncio.Event | None = None
+        self._live: set[_TapConn] = set()  # relayed connections still open
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -435,6 +436,28 @@ class UpstreamTap:
         with self._lock:
             self._faults.clear()
         self._call(self._release_all())
+
+    def close_connections(self) -> int:
+        """Close every relayed connection the way a server ends idle kept-alive ones (TLS close_notify,
+        then FIN); returns how many were open."""
+
+        async def close_all() -> int:
+            live = list(self._live)
+            for conn in live:
+                for w in (conn.client, conn.up):
+                    with contextlib.suppress(Exception):
+                        w.close()
+            return len(live)
+
+        return int(self._call(close_all()))
+
+    def live_connections(self) -> int:
+        """How many relayed connections are open now."""
+
+        async def count() -> int:
+            return len(self._live)
+
+        return int(self._call(count()))
 
     def release(self) -> None:
         """End every `stall-response` currently holding a connection (the connection is then cut)."""
@@ -557,6 +580,7 @@ class UpstreamTap:
         serial = self._record_conn(addr, sni, alpn, ok=True)
         conn = _TapConn(addr, sni, serial, writer, up_writer)
         conn.sink = self._add_outcome
+        self._live.add(conn)
         relays = [
             asyncio.ensure_future(self._relay_requests(reader, conn)),
             asyncio.ensure_future(self._relay_responses(up_reader, conn)),
@@ -568,6 +592,7 @@ class UpstreamTap:
             for t in relays:
                 t.cancel()
             await asyncio.gather(*relays, return_exceptions=True)
+            self._live.discard(conn)
             conn.close_body()
             for w in (up_writer, writer):
                 with contextlib.suppress(Exception):

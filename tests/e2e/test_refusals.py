@@ -371,6 +371,8 @@ def test_endpoint_down_client_gets_an_error_then_proxy_recovers(
     assert_still_serving(proxy)
     mark = s3_backend.mark()
     s3_backend.tap.set_mode(mode)  # type: ignore[arg-type]
+    # Down: the connections it had go too (the one the proxy kept idle for reuse included).
+    s3_backend.tap.close_connections()
     try:
         reply = good_get(proxy)
         assert reply.status in (502, 503, 504), reply  # a status SDKs treat as transient and retry
@@ -393,6 +395,7 @@ def test_endpoint_down_is_an_s3_style_503_naming_the_endpoint(
     proxy = proxy_factory()
     assert_still_serving(proxy)
     s3_backend.tap.set_mode(mode)  # type: ignore[arg-type]
+    s3_backend.tap.close_connections()  # down: its connections go too
     try:
         reply = good_get(proxy)
     finally:
