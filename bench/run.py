@@ -8,8 +8,10 @@ answers the vpce names with 127.0.0.1. The same client then talks, per test, to
 - `direct`: nginx itself, the vpce name pinned to 127.0.0.1 (what an application with `endpoint_url` does);
 - `bare`: mitmdump with bench/bare_addon.py (host rewrite + streamed bodies, nothing else);
 - `s3proxy`: the real `s3proxy run` (keyring mode, workers: 1), so it verifies and re-signs every request;
-- `s3proxy-wN`: the same with `workers: N` (only the concurrent tests), and `s3proxy-vi30` with
-  `upstream.verify_interval: 30` (the 256-client test, to show what the per-connection probe costs).
+- `s3proxy-wN`: the same with `workers: N` (only the concurrent tests), `s3proxy-vi30` with
+  `upstream.verify_interval: 30` (the 256-client test, to show what the per-connection probe costs), and
+  `s3proxy-noreuse` with `upstream.reuse_idle: 0` (a new client connection per request, to show what
+  reusing endpoint connections across client connections saves).
 Clients sign like an SDK (SigV4, `x-amz-content-sha256` as an SDK sends it); nginx ignores the signature,
 s3proxy checks it. Signed headers are made once per test and reused (valid for 15 minutes), so client-side
 signing is not part of any timing.
@@ -282,6 +284,7 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
     if args.workers > 1:
         variants[f"s3proxy-w{args.workers}"] = {"workers": args.workers}
     variants["s3proxy-vi30"] = {"workers": 1, "upstream": {"verify_interval": 30}}
+    variants["s3proxy-noreuse"] = {"workers": 1, "upstream": {"reuse_idle": 0}}
     import yaml
 
     for name, extra in variants.items():
@@ -437,7 +440,8 @@ def read_response(sock: ssl.SSLSocket, buf: bytearray) -> int:
 
 def new_connection_gets(env: Env, mode: str, n: int) -> dict[str, float]:
     """`n` small GETs, each on a new client connection (CONNECT + TLS): what a client without keep-alive,
-    or a pool that was idle, costs. Every one makes the proxy open a new upstream connection too."""
+    or a pool that was idle, costs. Without connection reuse across client connections (bare mitmproxy,
+    s3proxy-noreuse) every one makes the proxy open a new upstream connection too."""
     ctx = ssl.create_default_context(cafile=str(env.ca_bundle))
     req = request_bytes(env, mode, "/bench/small")
     t0 = time.perf_counter()
@@ -771,7 +775,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 (root / "www" / "bench" / "up-chunked").unlink(missing_ok=True)
             for m in modes if want("small") else ():
                 record("small_seq", m, with_cpu(env, m, sequential_gets, env, m, small_n), "req_s")
-            for m in [*modes, "s3proxy-vi30"] if want("newconn") else ():
+            for m in [*modes, "s3proxy-vi30", "s3proxy-noreuse"] if want("newconn") else ():
                 record("new_conn", m, with_cpu(env, m, new_connection_gets, env, m, small_n // 10), "req_s")
             for clients in (32, 256) if want("conc") else ():
                 cmodes = [*modes, *([wN] if wN in env.ports else [])]
@@ -803,9 +807,17 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def _vi30(r: dict[str, Any], test: str, metric: str, fmt: str) -> str:
-    value = r.get(test, {}).get("s3proxy-vi30", {}).get(metric)
-    return "" if value is None else "verify_interval 30: " + fmt.format(value)
+VARIANT_LABELS = {"s3proxy-vi30": "verify_interval 30", "s3proxy-noreuse": "reuse_idle 0"}
+
+
+def _variants(r: dict[str, Any], test: str, metric: str, fmt: str) -> str:
+    """The s3proxy variants' figures for `test` (`verify_interval: 30`, no connection reuse), labelled."""
+    found = r.get(test, {})
+    return "; ".join(
+        f"{label}: " + fmt.format(found[m][metric])
+        for m, label in VARIANT_LABELS.items()
+        if found.get(m, {}).get(metric) is not None
+    )
 
 
 def table(out: dict[str, Any]) -> str:
@@ -846,8 +858,8 @@ def table(out: dict[str, Any]) -> str:
                 "",
             )
         )
-    row("new_conn", "req_s", extra=_vi30(r, "new_conn", "req_s", "{:.0f} req/s"))
-    row("new_conn", "cpu_us_per_req", extra=_vi30(r, "new_conn", "cpu_us_per_req", "{:.0f} us/req"))
+    row("new_conn", "req_s", extra=_variants(r, "new_conn", "req_s", "{:.0f} req/s"))
+    row("new_conn", "cpu_us_per_req", extra=_variants(r, "new_conn", "cpu_us_per_req", "{:.0f} us/req"))
     for c in (32, 256):
         t = f"conc_{c}"
         if t not in r:
