@@ -132,7 +132,7 @@ def install_header_limit(limit: Callable[[], int]) -> None:
 
 # Requests replayed on a new upstream connection when theirs closed before any answer (see below).
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
-REPLAYED_KEY = "s3proxy_replayed"
+REPLAYED_KEY = reuse.NEW_CONNECTION_KEY  # s3proxy.reuse hands such a flow a new connection, never a kept one
 
 
 def install_stale_connection_replay() -> None:
@@ -416,7 +416,7 @@ class S3Proxy:
             reuse.REUSE.park_idle(handler)
 
     def done(self) -> None:
-        reuse.REUSE.close_all()
+        reuse.REUSE.configure(0, 0)  # close what is kept, keep nothing more
 
     # -- access rules ---------------------------------------------------------------------------------
     async def _refuse_client(self, flow: http.HTTPFlow) -> bool:

@@ -44,7 +44,17 @@ MAX_AGE = 60.0
 
 HOME = "_s3proxy_reuse_home"  # on a Server: the HttpLayer whose `connections` holds its layer stack
 OWNER = "_s3proxy_reuse_owner"  # on a Server: the ConnectionHandler that reads it (None: idle, kept)
+GENERATION = "_s3proxy_reuse_generation"  # on a Server: the config generation it was opened under
+READING = "_s3proxy_reuse_reading"  # on a Server: its reading task waits in read(), holding nothing
+STRAY = "_s3proxy_reuse_stray"  # on a Server: bytes arrived while no request was out: never reuse it
 HANDLER = "_s3proxy_handler"  # on a Client: its ConnectionHandler
+# flow.metadata key: this flow's next upstream connection must be a new one (the stale-connection replay).
+NEW_CONNECTION_KEY = "s3proxy_replayed"
+
+
+def pool_key(address: Any) -> str:
+    """One pool per endpoint name and port."""
+    return f"{address[0]}:{address[1]}"
 
 
 @dataclass(slots=True)
@@ -105,6 +115,10 @@ class IdlePool[T]:
                 return True
         return False
 
+    def next_due(self) -> float | None:
+        """When the first kept item expires (None: nothing kept)."""
+        return min((k.until for kept in self._by_name.values() for k in kept), default=None)
+
     def expired(self, now: float) -> list[T]:
         """Remove and return every item whose time is up."""
         out: list[T] = []
@@ -148,11 +162,18 @@ class Reuse:
         self.keep_address: Callable[[str, str], bool] = lambda _host, _address: True
         self.on_reuse: Callable[[str], None] = lambda _host: None  # a metric
         self.clock: Callable[[], float] = time.monotonic
+        # Bumped by every configure: a connection opened under an older config (endpoint ports, CA bundle)
+        # is never kept or taken, even one that was busy when the config changed.
+        self.generation = 0
         self._sweep: asyncio.TimerHandle | None = None
 
     def configure(self, idle_seconds: float, max_per_name: int) -> None:
         """New limits; every kept connection is closed (a reload may have changed endpoints or CAs)."""
+        self.generation += 1
         self.close_all()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self.pool.idle_seconds, self.pool.max_per_name = idle_seconds, max_per_name
 
     def close_all(self) -> None:
@@ -178,10 +199,11 @@ class Reuse:
             if root is None or not self._reusable(server, root, io, home):
                 continue
             idle = Idle(server, root, io)
-            if not self.pool.put(server.address[0], idle, now):
+            if not self.pool.put(pool_key(server.address), idle, now):
                 continue
             del handler.transports[server]
-            del home.connections[server]
+            for layer in _http_layers(home):
+                layer.connections.pop(server, None)
             setattr(server, OWNER, None)
             setattr(server, HOME, None)
             kept += 1
@@ -197,7 +219,10 @@ class Reuse:
         from mitmproxy.proxy.layers.tls import ServerTLSLayer
 
         if (
-            server.state is not ConnectionState.OPEN
+            getattr(server, GENERATION, None) != self.generation
+            or not getattr(server, READING, False)
+            or getattr(server, STRAY, False)
+            or server.state is not ConnectionState.OPEN
             or server.error
             or not server.tls_established
             or server.via is not None
@@ -242,12 +267,13 @@ class Reuse:
             or reader.exception() is not None
         ):
             return False
-        return io.handler is not None and not io.handler.done()
+        return io.handler is not None and not io.handler.done() and not io.handler.cancelling()
 
     def _arm_sweep(self) -> None:
-        if self._sweep is None:
+        due = self.pool.next_due()
+        if self._sweep is None and due is not None:
             loop = asyncio.get_running_loop()
-            self._sweep = loop.call_later(self.pool.idle_seconds, self._run_sweep)
+            self._sweep = loop.call_later(max(0.0, due - self.clock()), self._run_sweep)
 
     def _run_sweep(self) -> None:
         self._sweep = None
@@ -257,9 +283,9 @@ class Reuse:
             self._arm_sweep()
 
     # -- taking (a client connection needs an endpoint connection) ------------------------------------
-    def take(self, host: str) -> Idle | None:
+    def take(self, address: Any) -> Idle | None:
         while True:
-            idle, stale = self.pool.take(host, self.clock())
+            idle, stale = self.pool.take(pool_key(address), self.clock())
             for s in stale:
                 _close(s)
             if idle is None:
@@ -270,10 +296,26 @@ class Reuse:
 
     def discard(self, server: Any) -> None:
         """A kept connection ended by itself (the endpoint closed it or sent something)."""
-        self.pool.remove_where(str(server.address[0]), lambda idle: idle.server is server)
+        self.pool.remove_where(pool_key(server.address), lambda idle: idle.server is server)
+
+
+def _http_layers(layer: Any) -> list[Any]:
+    """`layer` (an HttpLayer) and the HttpLayers enclosing it: every one that may route its connections.
+    A layer's context lists its ancestors, outermost first, and the layer itself."""
+    from mitmproxy.proxy.layers import http as http_layers
+
+    return [x for x in layer.context.layers if isinstance(x, http_layers.HttpLayer)]
 
 
 REUSE = Reuse()
+
+
+def _between_exchanges(connection: Any) -> bool:
+    """True when the connection's HTTP/1 client layer has no request out (nothing is expected)."""
+    home = getattr(connection, HOME, None)
+    root = home.connections.get(connection) if home is not None else None
+    h1 = getattr(getattr(root, "child_layer", None), "child_layer", None)
+    return h1 is not None and getattr(h1, "request", False) is None
 
 
 def _close(idle: Idle) -> None:
@@ -314,7 +356,13 @@ def install() -> None:
                 # This client's own connection: mitmproxy uses it (or reports its error).
                 return (yield from original_get(self, event, reuse=reuse))
         handler = getattr(self.context.client, HANDLER, None)
-        idle = REUSE.take(event.address[0]) if handler is not None else None
+        stream = self.command_sources.get(event)
+        flow = getattr(stream, "flow", None)
+        fresh = flow is not None and bool(flow.metadata.get(NEW_CONNECTION_KEY))
+        idle = REUSE.take(event.address) if handler is not None and not fresh else None
+        if idle is not None and not event.connection_spec_matches(idle.server):
+            _close(idle)  # not possible with pools keyed by name and port; never hand it out if it were
+            idle = None
         if handler is None or idle is None:
             yield from original_get(self, event, reuse=reuse)
             if self.connections:
@@ -322,6 +370,7 @@ def install() -> None:
                 new = next(reversed(self.connections))
                 if event.connection_spec_matches(new) and getattr(new, HOME, None) is None:
                     setattr(new, HOME, self)
+                    setattr(new, GENERATION, REUSE.generation)
             return None
         conn = idle.server
         handler.transports[conn] = server.ConnectionIO(
@@ -360,6 +409,7 @@ def install() -> None:
         assert reader and writer
         cancelled: BaseException | None = None
         while True:
+            setattr(connection, READING, True)  # only now may the connection be kept
             try:
                 data = await reader.read(65535)
                 if not data:
@@ -369,9 +419,15 @@ def install() -> None:
             except asyncio.CancelledError as e:
                 cancelled = e
                 break
+            finally:
+                setattr(connection, READING, False)
             owner = getattr(connection, OWNER)
             if owner is None:
                 break
+            if _between_exchanges(connection):
+                # Bytes nobody asked for (a close_notify, a stray byte, part of a TLS record the HTTP layer
+                # will never see): the connection's state is no longer known to be clean.
+                setattr(connection, STRAY, True)
             await owner.server_event(events.DataReceived(connection, data))
             try:
                 await owner.drain_writers()

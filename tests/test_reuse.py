@@ -70,15 +70,27 @@ def test_expired_sweep_remove_and_drain() -> None:
     assert sorted(pool.drain()) == ["d", "e"] and len(pool) == 0
 
 
+def test_next_due_and_pool_keys() -> None:
+    pool: IdlePool[str] = IdlePool(5, 4)
+    assert pool.next_due() is None
+    pool.put("h", "a", now=3)
+    pool.put("g", "b", now=1)
+    assert pool.next_due() == 6
+    # One pool per endpoint name and port: a connection to another port is another pool.
+    assert reuse.pool_key(("bucket.vpce-1.example", 443)) != reuse.pool_key(("bucket.vpce-1.example", 8443))
+
+
 def test_configure_closes_what_was_kept() -> None:
     shared = reuse.Reuse()
     cancelled: list[str] = []
     task = SimpleNamespace(done=lambda: False, cancel=lambda msg=None: cancelled.append(msg))
     shared.configure(5, 4)
     shared.pool.put("h", reuse.Idle(object(), object(), SimpleNamespace(handler=task)), now=0)
+    generation = shared.generation
     shared.configure(0, 4)
     assert cancelled == ["idle upstream connection closed"] and len(shared.pool) == 0
     assert not shared.pool.enabled
+    assert shared.generation == generation + 1  # what was opened before is never kept or taken
 
 
 # ------------------------------------------------------------------------------ what may be kept
@@ -99,6 +111,8 @@ def _idle_stack(**h1_changes: Any) -> tuple[Any, Any, Any]:
     srv.timestamp_start = time.time()
     srv.timestamp_tls_setup = time.time()
     srv.peername = ("127.0.0.1", 443)
+    setattr(srv, reuse.GENERATION, 0)  # what a new Reuse() has
+    setattr(srv, reuse.READING, True)  # its reading task waits in read()
     ctx = Context(tclient_conn(), options.Options())
     ctx.server = srv
     root = ServerTLSLayer(ctx)
@@ -113,7 +127,8 @@ def _idle_stack(**h1_changes: Any) -> tuple[Any, Any, Any]:
     root.child_layer = client_layer
     reader = SimpleNamespace(_eof=False, _buffer=bytearray(), exception=lambda: None, at_eof=lambda: False)
     writer = SimpleNamespace(is_closing=lambda: False)
-    io = SimpleNamespace(reader=reader, writer=writer, handler=SimpleNamespace(done=lambda: False))
+    task = SimpleNamespace(done=lambda: False, cancelling=lambda: 0)
+    io = SimpleNamespace(reader=reader, writer=writer, handler=task)
     return srv, root, io
 
 
@@ -173,7 +188,11 @@ def test_connection_level_reasons_not_to_keep() -> None:
     case(lambda s, r, io: setattr(io.reader, "_buffer", bytearray(b"x")))
     case(lambda s, r, io: setattr(io.reader, "_s3proxy_held", b"x"))
     case(lambda s, r, io: setattr(io.writer, "is_closing", lambda: True))
-    case(lambda s, r, io: setattr(io, "handler", SimpleNamespace(done=lambda: True)))
+    case(lambda s, r, io: setattr(io, "handler", SimpleNamespace(done=lambda: True, cancelling=lambda: 0)))
+    case(lambda s, r, io: setattr(io, "handler", SimpleNamespace(done=lambda: False, cancelling=lambda: 1)))
+    case(lambda s, r, io: setattr(s, reuse.GENERATION, -1))  # opened under an older config
+    case(lambda s, r, io: setattr(s, reuse.READING, False))  # its task holds bytes it has not delivered
+    case(lambda s, r, io: setattr(s, reuse.STRAY, True))  # bytes came while no request was out
     assert cases == [False] * len(cases)
 
 

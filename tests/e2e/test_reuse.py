@@ -183,6 +183,32 @@ def test_get_on_a_kept_connection_that_dies_is_sent_again(
     assert len(used) == 2 and used[0] != used[1]
 
 
+def test_the_replay_of_a_get_goes_on_a_new_connection_not_another_kept_one(
+    proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend
+) -> None:
+    """An endpoint closes idle connections in batches: when the GET on one kept connection finds it dead,
+    the other kept ones are likely dead too, so the one replay goes on a new (probed) connection."""
+    proxy, admin = admin_proxy(proxy_factory)
+    data = os.urandom(5000)
+    k = put_direct(s3_backend, data)
+    # Two client connections at once leave two idle endpoint connections.
+    first, second = (proxy.boto3_client(region="us-east-1", config=NO_RETRY) for _ in range(2))
+    assert first.get_object(Bucket=BUCKET, Key=k)["Body"].read() == data
+    assert second.get_object(Bucket=BUCKET, Key=k)["Body"].read() == data
+    first.close()
+    second.close()
+    admin.wait_for(IDLE, 2)
+    mark = s3_backend.tap.mark()
+    probes = admin.value(PROBES)
+    s3_backend.tap.add_fault(TapFault("cut-response", 0, match=k))
+    assert sha(get_on_new_connection(proxy, k)) == sha(data)
+    used = connections_of(s3_backend, mark, k)
+    assert len(used) == 2 and used[1] > used[0], used
+    assert admin.value(REUSED) == 1  # the failed GET took a kept one; the replay did not
+    assert admin.value(PROBES) == probes + 1  # the replay's connection was proven first
+    admin.wait_for(IDLE, 2)  # the other kept one is still there, plus the replay's
+
+
 def test_put_on_a_kept_connection_that_dies_fails_and_stores_nothing(
     proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend
 ) -> None:
