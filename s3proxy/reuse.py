@@ -9,16 +9,21 @@ instead of opening one.
 
 Where it is safe:
 - Only connections to this proxy's own endpoint names (`Reuse.wants`), over verified TLS, without an
-  upstream proxy, speaking HTTP/1.1; S3 requests carry their authority in each request's signature, never
-  in the connection, so any client's request may use any of them.
+  upstream proxy, speaking HTTP/1.1, one pool per name and port; S3 requests carry their authority in each
+  request's signature, never in the connection, so any client's request may use any of them.
 - Only between exchanges: the HTTP/1 client layer has no request, no response and no unread byte, TLS has
-  nothing pending, and nothing of the connection waits on a hook.
+  nothing pending, nothing of the connection waits on a hook, its reading task waits in read() (it holds
+  no byte it has not delivered), and no byte arrived while no request was out (not even part of a TLS
+  record).
+- Only under the config it was opened with: a reload closes the kept ones, and ones busy during the reload
+  are not kept afterwards.
 - An idle connection on which the endpoint sends anything (its close, a stray byte) is closed at once, and
   one is checked again when taken. Idle connections expire after `reuse_idle` seconds and are not kept once
   older than MAX_AGE (a failed-over connection does not pin a client to another zone for long), or when
   their address is benched. A config reload closes them all.
-- A GET or HEAD whose reused connection turns out closed before any answer is sent again on another one
-  (`install_stale_connection_replay` in the addon), as on a kept-alive connection.
+- A GET or HEAD whose reused connection turns out closed before any answer is sent again
+  (`install_stale_connection_replay` in the addon) on a new, probed connection: never on another kept one,
+  likely closed in the same batch.
 
 How: the layer stack mitmproxy built for the connection (TLS, HTTP/1 client) moves with it. It leaves the
 old client's `HttpLayer.connections` and its handler's `transports`, and joins the new ones; its reading
