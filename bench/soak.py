@@ -4,7 +4,9 @@ Starts the stand-in endpoint (SeaweedFS behind the recording TLS tap, test DNS; 
 the real `s3proxy run`, then runs `--clients` threads, each its own boto3 client (own connection) told
 only about the proxy. Each loops until `--duration` is over: PUT a small object (1-64 KiB) and GET it back,
 with probability `--large-ratio` PUT and GET a large one (`--large-mb`) instead, and now and then HEAD,
-LIST and DELETE. Every body is checked by SHA-256.
+LIST and DELETE. Every body is checked by SHA-256. With `--reconnect P` a client closes its connection
+before an iteration with probability P, so its next request comes on a new client connection (what
+clients without keep-alive do; the proxy then reuses an idle endpoint connection, `upstream.reuse_idle`).
 
 Reported: requests, errors (must be 0), request rate, p50/p99 latency per request, proxy RSS (start, peak,
 end) and open file descriptors (start, and end after every client closed: must not grow). Exit status 1
@@ -158,6 +160,7 @@ def soak(
     large_ratio: float = 0.02,
     seed: int = 1,
     settle: float = 1.0,
+    reconnect: float = 0.0,
 ) -> SoakResult:
     """Run the mixed workload through `proxy` (a started e2e.harness.ProxyProcess) against `bucket`."""
     assert proxy.proc is not None
@@ -180,6 +183,8 @@ def soak(
         errors: list[str] = []
         n = 0
         while time.monotonic() < deadline:
+            if reconnect and rng.random() < reconnect:
+                s3.close()  # the next request opens a new connection to the proxy
             large = rng.random() < large_ratio
             size = int(large_mb * MIB) if large else rng.randint(KIB, 64 * KIB)
             start = rng.randrange(0, len(pool) - size + 1)
@@ -259,6 +264,12 @@ def main() -> int:
     ap.add_argument("--large-mb", type=float, default=8)
     ap.add_argument("--large-ratio", type=float, default=0.02)
     ap.add_argument("--fd-slack", type=int, default=10)
+    ap.add_argument(
+        "--reconnect",
+        type=float,
+        default=0.0,
+        help="probability that a client closes its connection before an iteration (new client connections)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="proxy worker processes (`workers:`)")
     ap.add_argument(
         "--rounds",
@@ -289,6 +300,7 @@ def main() -> int:
                         large_mb=args.large_mb,
                         large_ratio=args.large_ratio,
                         seed=n + 1,
+                        reconnect=args.reconnect,
                     )
                     result.fds_end = wait_for_fds(proxy.proc.pid, fds_before + args.fd_slack, 10)
                     print(f"round {n + 1}: {result.text()}", flush=True)

@@ -2,6 +2,10 @@
 
 - 50 concurrent clients for ~15 s mixing small and large objects: 0 errors, and once they have closed their
   connections the proxy's open descriptors are back where they started (no leak per connection).
+- 30 clients for ~10 s that close their connection before about half of their requests: every such
+  request comes on a new client connection and takes an idle endpoint connection another client connection
+  left (`upstream.reuse_idle`): 0 errors, bodies intact, and no descriptor left once the kept connections
+  expire.
 - A client reading a 200 MiB object slowly: the proxy's memory must not grow with the object (it must stop
   reading from the endpoint while the client is behind, not buffer the object).
 """
@@ -22,7 +26,7 @@ from typing import Any
 import pytest
 
 from e2e.authkit import client_context, sigv4_sign
-from e2e.harness import ADMIN, ProxyProcess, S3Backend
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, admin_proxy
 
 BUCKET = "e2e-soak"
 MIB = 1024 * 1024
@@ -64,6 +68,22 @@ def test_short_soak_no_errors_no_fd_growth(proxy_factory: Any) -> None:
     s3 = proxy.boto3_client(region="us-east-1")
     s3.put_object(Bucket=BUCKET, Key="after-soak", Body=b"ok")
     assert s3.get_object(Bucket=BUCKET, Key="after-soak")["Body"].read() == b"ok"
+
+
+def test_short_soak_with_new_client_connections_sharing_endpoint_connections(proxy_factory: Any) -> None:
+    soak = load_soak()
+    proxy, admin = admin_proxy(proxy_factory)
+    assert proxy.proc is not None
+    fds_before = soak.open_fds(proxy.proc.pid)
+    result = soak.soak(proxy, BUCKET, clients=30, duration=10, large_mb=2, large_ratio=0.03, reconnect=0.5)
+    print(result.text())
+    assert result.errors == 0, result.error_samples
+    assert result.requests > 100
+    assert admin.value("s3proxy_upstream_connections_reused_total") > 50
+    # Kept connections expire (upstream.reuse_idle, 5 s): then nothing is left open.
+    fds_end = soak.wait_for_fds(proxy.proc.pid, fds_before + 5, 15)
+    assert fds_end <= fds_before + 5, result.text()
+    assert admin.value("s3proxy_upstream_idle_connections") == 0
 
 
 def vm_rss_mib(pid: int) -> float:
