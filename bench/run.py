@@ -10,8 +10,9 @@ answers the vpce names with 127.0.0.1. The same client then talks, per test, to
 - `s3proxy`: the real `s3proxy run` (keyring mode, workers: 1), so it verifies and re-signs every request;
 - `s3proxy-wN`: the same with `workers: N` (only the concurrent tests), `s3proxy-vi30` with
   `upstream.verify_interval: 30` (the 256-client test, to show what the per-connection probe costs), and
-  `s3proxy-noreuse` with `upstream.reuse_idle: 0` (a new client connection per request, to show what
-  reusing endpoint connections across client connections saves).
+  `s3proxy-noreuse` with `upstream.reuse_idle: 0` and `s3proxy-ecdsa` with `tls.ca_key: ecdsa` (a new
+  client connection per request, to show what reusing endpoint connections across client connections and
+  an ECDSA CA save).
 Clients sign like an SDK (SigV4, `x-amz-content-sha256` as an SDK sends it); nginx ignores the signature,
 s3proxy checks it. Signed headers are made once per test and reused (valid for 15 minutes), so client-side
 signing is not part of any timing.
@@ -285,6 +286,11 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
         variants[f"s3proxy-w{args.workers}"] = {"workers": args.workers}
     variants["s3proxy-vi30"] = {"workers": 1, "upstream": {"verify_interval": 30}}
     variants["s3proxy-noreuse"] = {"workers": 1, "upstream": {"reuse_idle": 0}}
+    ec_ca_dir = root / "proxy-ca-ecdsa"
+    variants["s3proxy-ecdsa"] = {
+        "workers": 1,
+        "tls": {"ca_dir": str(ec_ca_dir), "upstream_ca_bundle": str(certs.ca_cert), "ca_key": "ecdsa"},
+    }
     import yaml
 
     for name, extra in variants.items():
@@ -333,7 +339,8 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
         start_new_session=True,
     )
     wait_port(env.ports["bare"], env.procs["bare"])
-    env.ca_bundle.write_bytes(certs.ca_cert.read_bytes() + (ca_dir / "mitmproxy-ca-cert.pem").read_bytes())
+    trusted = (certs.ca_cert, ca_dir / "mitmproxy-ca-cert.pem", ec_ca_dir / "mitmproxy-ca-cert.pem")
+    env.ca_bundle.write_bytes(b"".join(p.read_bytes() for p in trusted))
     return env, dns
 
 
@@ -775,7 +782,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 (root / "www" / "bench" / "up-chunked").unlink(missing_ok=True)
             for m in modes if want("small") else ():
                 record("small_seq", m, with_cpu(env, m, sequential_gets, env, m, small_n), "req_s")
-            for m in [*modes, "s3proxy-vi30", "s3proxy-noreuse"] if want("newconn") else ():
+            for m in [*modes, *VARIANT_LABELS] if want("newconn") else ():
                 record("new_conn", m, with_cpu(env, m, new_connection_gets, env, m, small_n // 10), "req_s")
             for clients in (32, 256) if want("conc") else ():
                 cmodes = [*modes, *([wN] if wN in env.ports else [])]
@@ -807,7 +814,11 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-VARIANT_LABELS = {"s3proxy-vi30": "verify_interval 30", "s3proxy-noreuse": "reuse_idle 0"}
+VARIANT_LABELS = {
+    "s3proxy-vi30": "verify_interval 30",
+    "s3proxy-noreuse": "reuse_idle 0",
+    "s3proxy-ecdsa": "ECDSA CA",
+}
 
 
 def _variants(r: dict[str, Any], test: str, metric: str, fmt: str) -> str:

@@ -78,6 +78,11 @@ DESCRIPTIONS: Mapping[str, tuple[str | None, str]] = {
     "tls": ("", "Certificates."),
     "tls.ca_dir": (None, "The proxy CA (generated on first run, or your own); clients must trust it."),
     "tls.upstream_ca_bundle": ("system store", "CA bundle to verify the endpoint with."),
+    "tls.ca_key": (
+        None,
+        "Key of a CA s3proxy creates: `rsa` (2048 bits) or `ecdsa` (P-256, cheaper client handshakes); an "
+        "existing CA is kept.",
+    ),
     "dns": ("", "Resolving the endpoint names (dnspython; never the system cache)."),
     "dns.nameservers": (
         "system resolver",

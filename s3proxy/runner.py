@@ -92,23 +92,27 @@ def default_workers() -> int:
 
 def run(config: Config, config_path: str) -> int:
     """Run the proxy until SIGINT/SIGTERM. Returns the process exit code."""
-    from s3proxy.ca import key_permission_problem
+    from s3proxy.ca import ensure_ca, key_description, key_permission_problem
 
     # The CA key lets whoever reads it impersonate every S3 name to every client that trusts the CA.
     problem = key_permission_problem(config.tls.ca_dir)
     if problem:
         print(f"s3proxy: refusing to start: {problem}", file=sys.stderr)
         return 2
-    config.tls.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.umask(0o077)  # the CA key mitmproxy writes must not be group/world readable
+    os.umask(0o077)  # the CA key must not be group/world readable
+    # Every worker must present the same CA: create it once, before any worker starts (and in the key
+    # type asked for; mitmproxy would create an RSA one).
+    ca_cert = ensure_ca(config.tls.ca_dir, config.tls.ca_key)
+    kind = key_description(ca_cert)
+    if config.tls.ca_key == "ecdsa" and not kind.startswith("ECDSA"):
+        print(
+            f"s3proxy: tls.ca_key is ecdsa, but the CA in {config.tls.ca_dir} has an {kind} key: it is kept "
+            "(clients trust it); to switch, move it away and distribute the new one",
+            file=sys.stderr,
+        )
     count = config.workers or default_workers()
     if count <= 1 or not workers.supported():
         return serve(config, config_path)
-    # Every worker must present the same CA: create it once, before any worker starts.
-    from mitmproxy import certs
-    from mitmproxy.options import CONF_BASENAME
-
-    certs.CertStore.from_store(config.tls.ca_dir, CONF_BASENAME, 2048)
     taken = workers.port_problem(config.listen.host, config.listen.port)
     if taken:
         listen = f"{config.listen.host}:{config.listen.port}"

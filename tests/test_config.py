@@ -72,6 +72,7 @@ def test_defaults() -> None:
     assert (cfg.listen.host, cfg.listen.port, cfg.listen.mode) == ("127.0.0.1", 3128, "regular")
     assert cfg.non_s3 == "tunnel"
     assert cfg.tls.upstream_ca_bundle is None
+    assert cfg.tls.ca_key == "rsa"  # every client can use it; ecdsa is asked for
     assert (cfg.dns.nameservers, cfg.dns.timeout, cfg.dns.cache_max_ttl, cfg.dns.negative_ttl) == (
         (),
         2.0,
@@ -329,6 +330,7 @@ ERRORS: list[tuple[str, Any, str]] = [
     ),
     ("non_s3", base(non_s3="drop"), r"^non_s3: 'drop' must be one of: tunnel, deny"),
     ("tls typo", base(tls={"ca_dr": "x"}), r"^tls\.ca_dr: unknown key; did you mean 'ca_dir'"),
+    ("ca key", base(tls={"ca_key": "ed25519"}), r"^tls\.ca_key: 'ed25519' must be one of: rsa, ecdsa"),
     (
         "missing bundle",
         base(tls={"upstream_ca_bundle": "/nonexistent/ca.pem"}),

@@ -9,6 +9,7 @@ with the key path, and exits non-zero without a traceback.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -152,6 +153,76 @@ def test_exported_ca_is_what_the_running_proxy_uses(s3_backend, tmp_path):
         )
         s3 = session.client("s3", verify=str(exported), config=Config(proxies={"https": proxy.url}))
         s3.list_buckets()
+
+
+def test_ecdsa_ca_is_created_and_every_client_handshake_uses_it(s3_backend, tmp_path):
+    """`tls.ca_key: ecdsa`: the CA s3proxy creates has a P-256 key, `s3proxy ca` says so, and the proxy shows
+    clients certificates with that key, signed by it (curl and boto3 trusting only that CA get through)."""
+    import ssl
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    port = free_ports(1)[0]
+    cfg = deep_merge(base_proxy_config(s3_backend, tmp_path / "proxy", port), {"tls": {"ca_key": "ecdsa"}})
+    path = write_config(tmp_path / "proxy", cfg)
+    r = s3proxy("ca", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "key:         ECDSA secp256r1" in r.stdout
+    ca_file = Path(cfg["tls"]["ca_dir"]) / "mitmproxy-ca-cert.pem"
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    assert (Path(cfg["tls"]["ca_dir"]) / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+    with ProxyProcess(cfg, tmp_path / "proxy") as proxy:
+        # The certificate the proxy shows for an S3 name: an EC key, issued and signed by this CA.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(b"CONNECT s3.amazonaws.com:443 HTTP/1.1\r\nHost: s3.amazonaws.com:443\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        with ctx.wrap_socket(raw, server_hostname="s3.amazonaws.com") as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        leaf = x509.load_der_x509_certificate(der)
+        assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+        assert leaf.issuer == ca.subject
+        leaf.verify_directly_issued_by(ca)
+        # Real clients that trust only the exported CA.
+        s3 = proxy.boto3_client(region="us-east-1")
+        _bucket(s3, "ecdsa-ca")
+        s3.put_object(Bucket="ecdsa-ca", Key="k", Body=b"ec")
+        assert s3.get_object(Bucket="ecdsa-ca", Key="k")["Body"].read() == b"ec"
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": "ecdsa-ca", "Key": "k"})
+        out = subprocess.run(
+            ["curl", "-sSf", "--proxy", proxy.url, "--cacert", str(ca_file), url],
+            capture_output=True,
+            timeout=60,
+            env=proxy.env(None),
+        )
+        assert out.returncode == 0 and out.stdout == b"ec", out.stderr
+
+
+def _bucket(s3: Any, name: str) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(Bucket=name)
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def test_an_existing_rsa_ca_is_kept_when_ecdsa_is_asked_for(s3_backend, tmp_path):
+    """Clients already trust the CA in ca_dir: asking for ecdsa later never replaces it, and says so."""
+    port = free_ports(1)[0]
+    cfg = base_proxy_config(s3_backend, tmp_path / "proxy", port)
+    path = write_config(tmp_path / "proxy", cfg)
+    assert s3proxy("ca", "--config", str(path)).returncode == 0
+    ca_file = Path(cfg["tls"]["ca_dir"]) / "mitmproxy-ca-cert.pem"
+    before = ca_file.read_bytes()
+    cfg = deep_merge(cfg, {"tls": {"ca_key": "ecdsa"}})
+    with ProxyProcess(cfg, tmp_path / "proxy") as proxy:
+        proxy.boto3_client(region="us-east-1").list_buckets()
+        assert "tls.ca_key is ecdsa, but the CA" in proxy.logs()
+    assert ca_file.read_bytes() == before
 
 
 def test_ca_key_with_open_permissions_is_reported(cfg, tmp_path):
