@@ -122,6 +122,8 @@ def test_transparent_mode_in_a_network_namespace(netns, tmp_path):
     assert result["deny_reply"] is None and not result["deny_site_reached"], result
     assert result["deny_logged"] and result["s3_after_deny_ok"]
     assert result["upstream_count"] >= 5
+    # Endpoint connections outlive the client connections that used them in transparent mode too.
+    assert result["curl_again_on_a_kept_connection"] and result["reused"] >= 1, result
 
 
 # --- inner: runs inside the namespace ---------------------------------------------------------------------
@@ -175,6 +177,7 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
 
     from e2e.harness import (
         ADMIN,
+        Admin,
         ProxyProcess,
         S3Backend,
         base_proxy_config,
@@ -191,10 +194,15 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
 
     backend = S3Backend(workdir / "backend").start()
     other, other_ca = _other_site(workdir)
-    port = free_ports(1)[0]
+    port, admin_port = free_ports(2)
     cfg = deep_merge(
         base_proxy_config(backend, workdir / "proxy", port),
-        {"listen": {"host": "127.0.0.1", "port": port, "mode": "transparent"}},
+        {
+            "listen": {"host": "127.0.0.1", "port": port, "mode": "transparent"},
+            "admin": {"listen": f"127.0.0.1:{admin_port}"},
+            # Long enough that a kept endpoint connection cannot expire between the checks below.
+            "upstream": {"reuse_idle": 30},
+        },
     )
     setpriv = ["setpriv", f"--regid={PROXY_GID}", "--clear-groups", "--"]
     proxy = ProxyProcess(
@@ -273,6 +281,25 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         )
         assert c.returncode == 0, c.stderr
         result["curl_sha256_ok"] = sha(c.stdout) == sha(body)
+
+        # The client connections that ended left their endpoint connections idle: the next curl (a new
+        # client connection) takes one instead of opening a new endpoint connection.
+        admin = Admin(admin_port)
+        admin.wait_for("s3proxy_upstream_idle_connections", 1)
+        opened = max(r.connection for r in backend.upstream_requests(since))
+        again_mark = backend.mark()
+        c = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
+        assert c.returncode == 0, c.stderr
+        again = backend.upstream_requests(again_mark)
+        result["curl_again_on_a_kept_connection"] = (
+            sha(c.stdout) == sha(body) and len(again) == 1 and again[0].connection <= opened
+        )
+        result["reused"] = admin.value("s3proxy_upstream_connections_reused_total")
 
         seen = backend.upstream_requests(since)
         result["upstream_count"] = len(seen)
