@@ -289,6 +289,7 @@ class Operations:
         for what, before, after in (
             ("listen", old.listen, new.listen),
             ("tls.ca_dir", old.tls.ca_dir, new.tls.ca_dir),
+            ("tls.ca_key (only for a CA created then)", old.tls.ca_key, new.tls.ca_key),
             ("workers", old.workers, new.workers),
         ):
             if before != after:

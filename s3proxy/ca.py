@@ -90,9 +90,18 @@ def _create_ecdsa_ca(ca_dir: Path) -> None:
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
-    (ca_dir / CA_KEY).write_bytes(key_pem + pem_cert)
-    (ca_dir / CA_CERT).write_bytes(pem_cert)
-    (ca_dir / "mitmproxy-ca-cert.cer").write_bytes(pem_cert)  # the name Android wants
+    # Each file appears whole (written aside, then renamed), the key file last: its presence is what says
+    # a CA exists, so an interrupted creation is simply done again.
+    for filename, data in (
+        (CA_CERT, pem_cert),
+        ("mitmproxy-ca-cert.cer", pem_cert),  # the name Android wants
+        (CA_KEY, key_pem + pem_cert),
+    ):
+        tmp = ca_dir / f".{filename}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, ca_dir / filename)
 
 
 def key_description(cert_path: Path) -> str:

@@ -69,8 +69,9 @@ class _Kept[T]:
 
 
 class IdlePool[T]:
-    """Idle items by name, at most `max_per_name` each, each for `idle_seconds`; the most recently kept
-    one is handed out first (the likeliest to be alive), the oldest is dropped first when full."""
+    """Idle items by name, at most `max_per_name` each (beyond that a new one is not kept: the caller
+    closes it), each for `idle_seconds`; the most recently kept one is handed out first (the likeliest to
+    be alive)."""
 
     def __init__(self, idle_seconds: float = 0.0, max_per_name: int = 0) -> None:
         self.idle_seconds = idle_seconds

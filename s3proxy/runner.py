@@ -92,7 +92,7 @@ def default_workers() -> int:
 
 def run(config: Config, config_path: str) -> int:
     """Run the proxy until SIGINT/SIGTERM. Returns the process exit code."""
-    from s3proxy.ca import ensure_ca, key_description, key_permission_problem
+    from s3proxy.ca import CA_KEY, ensure_ca, key_permission_problem
 
     # The CA key lets whoever reads it impersonate every S3 name to every client that trusts the CA.
     problem = key_permission_problem(config.tls.ca_dir)
@@ -102,11 +102,20 @@ def run(config: Config, config_path: str) -> int:
     os.umask(0o077)  # the CA key must not be group/world readable
     # Every worker must present the same CA: create it once, before any worker starts (and in the key
     # type asked for; mitmproxy would create an RSA one).
-    ca_cert = ensure_ca(config.tls.ca_dir, config.tls.ca_key)
-    kind = key_description(ca_cert)
-    if config.tls.ca_key == "ecdsa" and not kind.startswith("ECDSA"):
+    ensure_ca(config.tls.ca_dir, config.tls.ca_key)
+    # Load it here, once: inside a worker, mitmproxy would only log an unreadable CA and serve without one.
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME
+
+    try:
+        store = certs.CertStore.from_store(config.tls.ca_dir, CONF_BASENAME, 2048)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"s3proxy: cannot load the CA in {config.tls.ca_dir} ({CA_KEY}): {e}", file=sys.stderr)
+        return 2
+    if config.tls.ca_key == "ecdsa" and not isinstance(store.default_privatekey, ec.EllipticCurvePrivateKey):
         print(
-            f"s3proxy: tls.ca_key is ecdsa, but the CA in {config.tls.ca_dir} has an {kind} key: it is kept "
+            f"s3proxy: tls.ca_key is ecdsa, but the CA in {config.tls.ca_dir} has an RSA key: it is kept "
             "(clients trust it); to switch, move it away and distribute the new one",
             file=sys.stderr,
         )

@@ -225,6 +225,21 @@ def test_an_existing_rsa_ca_is_kept_when_ecdsa_is_asked_for(s3_backend, tmp_path
     assert ca_file.read_bytes() == before
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unreadable_ca_refuses_to_start(cfg, tmp_path, workers):
+    """A damaged CA file stops `s3proxy run` at once with the reason, before any worker starts (a worker's
+    mitmproxy would only log it and then fail every client handshake)."""
+    cfg = deep_merge(cfg, {"workers": workers})
+    path = write_config(tmp_path, cfg)
+    assert s3proxy("ca", "--config", str(path)).returncode == 0
+    key = Path(cfg["tls"]["ca_dir"]) / "mitmproxy-ca.pem"
+    key.write_bytes(key.read_bytes()[:200])  # truncated
+    r = s3proxy("run", "--config", str(path), timeout=30)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot load the CA in" in r.stderr and "mitmproxy-ca.pem" in r.stderr
+    assert_no_traceback(r)
+
+
 def test_ca_key_with_open_permissions_is_reported(cfg, tmp_path):
     path = write_config(tmp_path, cfg)
     assert s3proxy("ca", "--config", str(path)).returncode == 0
