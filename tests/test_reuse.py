@@ -1,10 +1,9 @@
-"""s3proxy.reuse: the idle pool (pure), the parking checks, and pins of the mitmproxy code the glue relies
-on. End to end (real proxy, clients, endpoint): tests/e2e/test_reuse.py."""
+"""s3proxy.reuse: the idle pool (pure) and the checks for keeping a connection. The mitmproxy code the glue
+relies on is pinned in tests/test_tuning.py; end to end (real proxy, clients, endpoint):
+tests/e2e/test_reuse.py."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 from mitmproxy import options
 from mitmproxy.connection import ConnectionState, Server
-from mitmproxy.proxy import server, tunnel
+from mitmproxy.proxy import tunnel
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
@@ -194,35 +193,3 @@ def test_connection_level_reasons_not_to_keep() -> None:
     case(lambda s, r, io: setattr(s, reuse.READING, False))  # its task holds bytes it has not delivered
     case(lambda s, r, io: setattr(s, reuse.STRAY, True))  # bytes came while no request was out
     assert cases == [False] * len(cases)
-
-
-# ------------------------------------------------------------------------ pins of mitmproxy's code
-
-# The glue copies or relies on these (see s3proxy/reuse.py): when mitmproxy changes one, read the change
-# and the glue again before updating its digest.
-PINNED = {
-    "HttpLayer.get_connection": (http_layers.HttpLayer.get_connection, "1aa1c63e3175766c"),
-    "HttpLayer.event_to_child": (http_layers.HttpLayer.event_to_child, "1095f6e1581d1780"),
-    "HttpLayer._handle_event": (http_layers.HttpLayer._handle_event, "6ba31883cc7a06b3"),
-    "GetHttpConnection.connection_spec_matches": (
-        http_layers.GetHttpConnection.connection_spec_matches,
-        "d1c7cdec843ece5f",
-    ),
-    "ConnectionHandler.__init__": (server.ConnectionHandler.__init__, "ffb8e6c9e6c6d020"),
-    "ConnectionHandler.handle_client": (server.ConnectionHandler.handle_client, "01f1b7cc991c4711"),
-    "ConnectionHandler.handle_connection": (server.ConnectionHandler.handle_connection, "95c3f93e9824e527"),
-    "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
-    "Http1Connection.mark_done": (_http1.Http1Connection.mark_done, "dc5ed395ce4f0763"),
-    "Http1Client.read_headers": (_http1.Http1Client.read_headers, "415454c5fa8b5981"),
-}
-
-
-def _original(func: Any) -> Any:
-    return getattr(func, "__wrapped__", func) if getattr(func, "_s3proxy", False) else func
-
-
-@pytest.mark.parametrize("name", sorted(PINNED))
-def test_mitmproxy_code_the_glue_relies_on_is_unchanged(name: str) -> None:
-    func, digest = PINNED[name]
-    got = hashlib.sha256(inspect.getsource(_original(func)).encode()).hexdigest()[:16]
-    assert got == digest, f"{name} changed in mitmproxy: review s3proxy/reuse.py, then pin {got}"

@@ -104,6 +104,21 @@ PINNED = {
     "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
     "HttpStream.make_server_connection": (http_layers.HttpStream.make_server_connection, "ddc7bc72f4d2fbc7"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
+    # s3proxy/reuse.py (endpoint connections across client connections) copies or relies on these
+    # (inspect.getsource follows __wrapped__ to mitmproxy's own code once the glue is installed):
+    "HttpLayer.get_connection": (http_layers.HttpLayer.get_connection, "1aa1c63e3175766c"),
+    "HttpLayer.event_to_child": (http_layers.HttpLayer.event_to_child, "1095f6e1581d1780"),
+    "HttpLayer._handle_event": (http_layers.HttpLayer._handle_event, "6ba31883cc7a06b3"),
+    "GetHttpConnection.connection_spec_matches": (
+        http_layers.GetHttpConnection.connection_spec_matches,
+        "d1c7cdec843ece5f",
+    ),
+    "ConnectionHandler.__init__": (server.ConnectionHandler.__init__, "ffb8e6c9e6c6d020"),
+    "ConnectionHandler.handle_client": (server.ConnectionHandler.handle_client, "01f1b7cc991c4711"),
+    "ConnectionHandler.handle_connection": (server.ConnectionHandler.handle_connection, "95c3f93e9824e527"),
+    "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
+    "Http1Connection.mark_done": (_http1.Http1Connection.mark_done, "dc5ed395ce4f0763"),
+    "Http1Client.read_headers": (_http1.Http1Client.read_headers, "415454c5fa8b5981"),
     # wider_reads (the same in Python 3.12 and 3.13):
     "StreamReader.read": (tuning.ORIGINALS["asyncio.streams.StreamReader.read"], "b3e781f2317fe198"),
     "StreamReader.feed_data": (
@@ -130,8 +145,8 @@ def test_the_internals_tuning_relies_on_are_unchanged(name: str) -> None:
     func, digest = PINNED[name]
     got = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
     assert got == digest, (
-        f"{name} changed in this mitmproxy/h11/pyOpenSSL: re-check what s3proxy.tuning copies from it "
-        f"or relies on, then update the pin ({got})"
+        f"{name} changed in this mitmproxy/h11/pyOpenSSL: re-check what s3proxy.tuning (or the code "
+        f"named above its pin) copies from it or relies on, then update the pin ({got})"
     )
 
 
