@@ -26,6 +26,12 @@ def test_defaults_are_safe() -> None:
     u = parse_upstream({})
     assert (u.idle_timeout, u.request_timeout, u.discover_region) == (120.0, 0.0, True)
     assert (u.region_cache_ttl, u.region_cache_size) == (3600.0, 10000)
+    assert (u.reuse_idle, u.reuse_max) == (5.0, 16)
+
+
+def test_reuse_can_be_turned_off() -> None:
+    assert parse_upstream({"reuse_idle": 0}).reuse_idle == 0
+    assert parse_upstream({"reuse_max": 0}).reuse_max == 0
 
 
 def test_all_keys() -> None:
@@ -51,6 +57,10 @@ def test_all_keys() -> None:
         ({"region_cache_size": 1.5}, "upstream.region_cache_size"),
         ({"region_cache_size": 0}, "upstream.region_cache_size"),
         ({"idle_timeuot": 3}, "idle_timeuot"),
+        ({"reuse_idle": -1}, "upstream.reuse_idle"),
+        ({"reuse_idle": 61}, "upstream.reuse_idle"),  # kept connections never outlive 60 s anyway
+        ({"reuse_max": 1.5}, "upstream.reuse_max"),
+        ({"reuse_max": -1}, "upstream.reuse_max"),
     ],
 )
 def test_bad_values_name_the_key(section: dict[str, Any], path: str) -> None:

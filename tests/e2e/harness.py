@@ -133,6 +133,17 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return out
 
 
+def ensure_bucket(s3: Any, name: str) -> None:
+    """Create bucket `name` with the S3 client `s3` (direct or through a proxy) unless it exists."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(Bucket=name)
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from e2e.authkit import (
     TinyTlsSite,
@@ -30,7 +29,7 @@ from e2e.authkit import (
     signed_chunked_request,
     sigv4_sign,
 )
-from e2e.harness import ADMIN, ProxyProcess, S3Backend, free_ports
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, ensure_bucket, free_ports
 from s3proxy.rewrite import is_dns_safe_bucket
 
 BUCKET = "e2e-abuse"
@@ -137,11 +136,7 @@ def strict(s3_backend: S3Backend, tmp_path_factory: pytest.TempPathFactory) -> I
     }
     with running_proxy(s3_backend, tmp_path_factory.mktemp("strict"), overrides) as p:
         s3 = p.boto3_client(region="us-east-1")
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-        except ClientError as e:
-            if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
+        ensure_bucket(s3, BUCKET)
         s3.put_object(Bucket=BUCKET, Key="ok", Body=b"still serving")
         yield p
 

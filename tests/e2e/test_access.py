@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError, ProxyConnectionError
+from botocore.exceptions import ProxyConnectionError
 
-from e2e.harness import ADMIN, ProxyProcess, S3Backend, admin_proxy, sha256
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, admin_proxy, ensure_bucket, sha256
 from s3proxy.config import hash_password
 
 USERNAME = "app1"
@@ -125,11 +125,7 @@ def curl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def seeded(s3_backend: S3Backend) -> tuple[str, bytes]:
     """A bucket with one object, created directly in SeaweedFS (not through any proxy under test)."""
     direct = s3_backend.direct_client()
-    try:
-        direct.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(direct, BUCKET)
     body = hashlib.sha256(b"seed").digest() * 5000
     direct.put_object(Bucket=BUCKET, Key="seed/obj 1+~.bin", Body=body)
     return "seed/obj 1+~.bin", body

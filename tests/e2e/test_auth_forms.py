@@ -34,7 +34,7 @@ from e2e.authkit import (
     signed_chunked_request,
     sigv4_sign,
 )
-from e2e.harness import ADMIN, USER, ProxyProcess, S3Backend
+from e2e.harness import ADMIN, USER, ProxyProcess, S3Backend, ensure_bucket
 
 BUCKET = "e2e-auth-forms"
 EU_BUCKET = "e2e-auth-forms-eu"
@@ -46,11 +46,7 @@ TOKEN = "IQoJb3JpZ2luX2VjEXAMPLE/session+token=="
 def buckets(proxy: ProxyProcess) -> None:
     s3 = proxy.boto3_client(region="us-east-1")
     for b in (BUCKET, EU_BUCKET):
-        try:
-            s3.create_bucket(Bucket=b)
-        except ClientError as e:
-            if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
+        ensure_bucket(s3, b)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from e2e.harness import (
     base_proxy_config,
     clean_client_env,
     deep_merge,
+    ensure_bucket,
     free_ports,
     proxy_executable,
     sha256,
@@ -187,7 +188,7 @@ def test_ecdsa_ca_is_created_and_every_client_handshake_uses_it(s3_backend, tmp_
         leaf.verify_directly_issued_by(ca)
         # Real clients that trust only the exported CA.
         s3 = proxy.boto3_client(region="us-east-1")
-        _bucket(s3, "ecdsa-ca")
+        ensure_bucket(s3, "ecdsa-ca")
         s3.put_object(Bucket="ecdsa-ca", Key="k", Body=b"ec")
         assert s3.get_object(Bucket="ecdsa-ca", Key="k")["Body"].read() == b"ec"
         url = s3.generate_presigned_url("get_object", Params={"Bucket": "ecdsa-ca", "Key": "k"})
@@ -198,16 +199,6 @@ def test_ecdsa_ca_is_created_and_every_client_handshake_uses_it(s3_backend, tmp_
             env=proxy.env(None),
         )
         assert out.returncode == 0 and out.stdout == b"ec", out.stderr
-
-
-def _bucket(s3: Any, name: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        s3.create_bucket(Bucket=name)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
 
 
 def test_an_existing_rsa_ca_is_kept_when_ecdsa_is_asked_for(s3_backend, tmp_path):

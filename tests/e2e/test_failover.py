@@ -18,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from e2e.authkit import Reply, send, sigv4_sign
-from e2e.harness import ADMIN, ProxyProcess, S3Backend, free_ports
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, ensure_bucket, free_ports
 from s3proxy.standin.dns import DnsServer
 
 BUCKET = "e2e-failover"
@@ -45,11 +45,7 @@ def zonal_overrides(s3_backend: S3Backend, **upstream: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module", autouse=True)
 def bucket(s3_backend: S3Backend) -> None:
     s3 = s3_backend.direct_client()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3, BUCKET)
     s3.put_object(Bucket=BUCKET, Key="ok", Body=b"served")
 
 

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 
 from e2e.authkit import client_context, curl_args, sigv4_sign
-from e2e.harness import ADMIN, ProxyProcess, RequestOutcome, S3Backend, TapFault
+from e2e.harness import ADMIN, ProxyProcess, RequestOutcome, S3Backend, TapFault, ensure_bucket
 
 BUCKET = "e2e-faults"
 MB = 1024 * 1024
@@ -50,12 +50,7 @@ CUT_ERRORS = (
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(s3_backend: S3Backend) -> None:
-    s3 = s3_backend.direct_client()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3_backend.direct_client(), BUCKET)
 
 
 @pytest.fixture(autouse=True)

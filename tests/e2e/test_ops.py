@@ -27,7 +27,7 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from e2e.harness import ADMIN, SEAWEED_ONLY, USER, ProxyProcess, S3Backend, admin_proxy
+from e2e.harness import ADMIN, SEAWEED_ONLY, USER, ProxyProcess, S3Backend, admin_proxy, ensure_bucket
 
 BUCKET = "e2e-ops"
 WRONG = dataclasses.replace(ADMIN, secret_access_key="Wrong" + ADMIN.secret_access_key[5:])
@@ -78,14 +78,6 @@ def write_config(proxy: ProxyProcess, config: dict[str, Any] | str) -> None:
     os.replace(tmp, proxy.config_path)
 
 
-def ensure_bucket(backend: S3Backend, name: str = BUCKET) -> None:
-    try:
-        backend.direct_client().create_bucket(Bucket=name)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
-
-
 def raw_proxy_request(proxy: ProxyProcess, data: bytes) -> str:
     with socket.create_connection((proxy.host, proxy.port), timeout=10) as s:
         s.sendall(data)
@@ -100,7 +92,7 @@ def raw_proxy_request(proxy: ProxyProcess, data: bytes) -> str:
 
 @pytest.fixture(autouse=True)
 def _bucket(s3_backend: S3Backend) -> None:
-    ensure_bucket(s3_backend)
+    ensure_bucket(s3_backend.direct_client(), BUCKET)
 
 
 # --- metrics ----------------------------------------------------------------------------------------------

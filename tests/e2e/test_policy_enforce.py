@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from e2e.harness import ProxyProcess, S3Backend, sha256
+from e2e.harness import ProxyProcess, S3Backend, ensure_bucket, sha256
 
 ENDPOINT_ID = "vpce-1a2b3c4d"  # of the harness's us-east-1 endpoint vpce-1a2b3c4d-5e6f.s3.us-east-1...
 ALLOWED = "pol-allowed"
@@ -85,11 +85,7 @@ def buckets(s3_backend: S3Backend) -> None:
     """Every bucket with one object, made directly in SeaweedFS (no proxy, no policy)."""
     direct = s3_backend.direct_client()
     for bucket in (ALLOWED, OTHER, VPCE_MINE, VPCE_THEIRS):
-        try:
-            direct.create_bucket(Bucket=bucket)
-        except ClientError as e:
-            if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
+        ensure_bucket(direct, bucket)
         direct.put_object(Bucket=bucket, Key=KEY, Body=BODY)
 
 

@@ -17,7 +17,6 @@ import pytest
 import yaml
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from e2e.harness import (
     SEAWEED_ONLY,
@@ -25,6 +24,7 @@ from e2e.harness import (
     base_proxy_config,
     clean_client_env,
     deep_merge,
+    ensure_bucket,
     free_ports,
     proxy_executable,
     sha256,
@@ -62,12 +62,7 @@ def identity_proxy(s3_backend, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucket(s3_backend) -> str:
-    direct = s3_backend.direct_client()
-    try:
-        direct.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3_backend.direct_client(), BUCKET)
     return BUCKET
 
 

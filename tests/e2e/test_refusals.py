@@ -33,7 +33,7 @@ from e2e.authkit import (
     send,
     sigv4_sign,
 )
-from e2e.harness import ADMIN, SEAWEED_ONLY, ProxyProcess, S3Backend
+from e2e.harness import ADMIN, SEAWEED_ONLY, ProxyProcess, S3Backend, ensure_bucket
 
 BUCKET = "e2e-refusals"
 US_BUCKET_HOST = "bucket.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"
@@ -44,11 +44,7 @@ NO_RETRY = Config(retries={"total_max_attempts": 1})
 @pytest.fixture(scope="module", autouse=True)
 def bucket(proxy: ProxyProcess) -> None:
     s3 = proxy.boto3_client(region="us-east-1")
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3, BUCKET)
     s3.put_object(Bucket=BUCKET, Key="ok", Body=b"still serving")
 
 

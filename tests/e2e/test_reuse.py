@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from e2e.authkit import curl_args
-from e2e.harness import ENDPOINTS, ProxyProcess, S3Backend, TapFault, admin_proxy
+from e2e.harness import ENDPOINTS, Admin, ProxyProcess, S3Backend, TapFault, admin_proxy, ensure_bucket
 
 BUCKET = "reuse-e2e"
 NO_RETRY = Config(retries={"total_max_attempts": 1})
@@ -34,12 +34,7 @@ PROBES = "s3proxy_upstream_probes_total"
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(s3_backend: S3Backend) -> None:
-    s3 = s3_backend.direct_client()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3_backend.direct_client(), BUCKET)
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +67,21 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 10) -> Non
     while not check():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
+
+
+def one_kept(
+    proxy_factory: Callable[..., ProxyProcess],
+    s3_backend: S3Backend,
+    data: bytes,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ProxyProcess, Admin, str]:
+    """A proxy (with its admin listener) that keeps one idle endpoint connection: `data` stored directly as
+    the returned key, then fetched once on a client connection of its own."""
+    proxy, admin = admin_proxy(proxy_factory, overrides)
+    k = put_direct(s3_backend, data)
+    assert get_on_new_connection(proxy, k) == data
+    admin.wait_for(IDLE, 1)
+    return proxy, admin, k
 
 
 def connections_of(s3_backend: S3Backend, mark: int, k: str) -> list[int]:
@@ -135,12 +145,10 @@ def test_reuse_off_gives_each_client_connection_its_own(
 def test_idle_connection_is_closed_after_reuse_idle(
     proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend
 ) -> None:
-    proxy, admin = admin_proxy(proxy_factory, {"upstream": {"discover_region": False, "reuse_idle": 0.5}})
     data = os.urandom(1000)
-    k = put_direct(s3_backend, data)
     mark = s3_backend.tap.mark()
-    assert get_on_new_connection(proxy, k) == data
-    admin.wait_for(IDLE, 1)
+    overrides = {"upstream": {"discover_region": False, "reuse_idle": 0.5}}
+    proxy, admin, k = one_kept(proxy_factory, s3_backend, data, overrides)
     # Expired: closed by the proxy (the endpoint sees it go), not handed to the next client connection.
     wait_until(lambda: admin.value(IDLE) == 0, "the idle connection was never closed")
     assert get_on_new_connection(proxy, k) == data
@@ -153,11 +161,8 @@ def test_endpoint_closing_an_idle_connection_costs_nothing(
 ) -> None:
     """S3 closes idle kept-alive connections: a kept one it closes is dropped at once, and the next client
     connection gets a new one without an error."""
-    proxy, admin = admin_proxy(proxy_factory)
     data = os.urandom(1000)
-    k = put_direct(s3_backend, data)
-    assert get_on_new_connection(proxy, k) == data
-    admin.wait_for(IDLE, 1)
+    proxy, admin, k = one_kept(proxy_factory, s3_backend, data)
     assert s3_backend.tap.close_connections() >= 1
     wait_until(lambda: admin.value(IDLE) == 0, "a connection the endpoint closed is still kept")
     for _ in range(2):
@@ -170,11 +175,8 @@ def test_get_on_a_kept_connection_that_dies_is_sent_again(
 ) -> None:
     """The kept connection is cut just as the next client's GET goes out on it (the endpoint closed it at
     that moment): the GET goes out once more on a new connection and the client gets the object."""
-    proxy, admin = admin_proxy(proxy_factory)
     data = os.urandom(20_000)
-    k = put_direct(s3_backend, data)
-    assert get_on_new_connection(proxy, k) == data
-    admin.wait_for(IDLE, 1)
+    proxy, admin, k = one_kept(proxy_factory, s3_backend, data)
     mark = s3_backend.tap.mark()
     s3_backend.tap.add_fault(TapFault("cut-response", 0, match=k))
     assert sha(get_on_new_connection(proxy, k)) == sha(data)
@@ -214,10 +216,7 @@ def test_put_on_a_kept_connection_that_dies_fails_and_stores_nothing(
 ) -> None:
     """A body cannot be sent twice by the proxy: the client gets the error (an SDK retries), the endpoint
     stores nothing partial, and the proxy goes on serving."""
-    proxy, admin = admin_proxy(proxy_factory)
-    k0 = put_direct(s3_backend, b"warm")
-    assert get_on_new_connection(proxy, k0) == b"warm"
-    admin.wait_for(IDLE, 1)
+    proxy, admin, k0 = one_kept(proxy_factory, s3_backend, b"warm")
     k = f"r-{uuid.uuid4().hex[:12]}"
     s3_backend.tap.add_fault(TapFault("cut-request", 1000, match=k))
     s3 = proxy.boto3_client(region="us-east-1", config=NO_RETRY)
@@ -286,11 +285,8 @@ def test_reload_closes_kept_connections(
     proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend
 ) -> None:
     """Kept connections were made under the old config (endpoints, CA bundle): a reload closes them."""
-    proxy, admin = admin_proxy(proxy_factory)
     data = os.urandom(1000)
-    k = put_direct(s3_backend, data)
-    assert get_on_new_connection(proxy, k) == data
-    admin.wait_for(IDLE, 1)
+    proxy, admin, k = one_kept(proxy_factory, s3_backend, data)
     assert proxy.proc is not None
     os.kill(proxy.proc.pid, signal.SIGHUP)
     wait_until(lambda: admin.value(IDLE) == 0, "a reload left kept connections open")

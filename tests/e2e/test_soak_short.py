@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from e2e.authkit import client_context, sigv4_sign
-from e2e.harness import ADMIN, ProxyProcess, S3Backend, admin_proxy
+from e2e.harness import ADMIN, ProxyProcess, S3Backend, admin_proxy, ensure_bucket
 
 BUCKET = "e2e-soak"
 MIB = 1024 * 1024
@@ -44,13 +44,7 @@ def load_soak() -> ModuleType:
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(s3_backend: S3Backend) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        s3_backend.direct_client().create_bucket(Bucket=BUCKET)
-    except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+    ensure_bucket(s3_backend.direct_client(), BUCKET)
 
 
 def test_short_soak_no_errors_no_fd_growth(proxy_factory: Any) -> None:

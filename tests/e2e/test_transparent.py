@@ -273,14 +273,18 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         url = session.client("s3", config=Config(signature_version="s3v4")).generate_presigned_url(
             "get_object", Params={"Bucket": BUCKET, "Key": "t/a b+c~.bin"}, ExpiresIn=300
         )
-        c = subprocess.run(
-            ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
-        assert c.returncode == 0, c.stderr
-        result["curl_sha256_ok"] = sha(c.stdout) == sha(body)
+
+        def curl_get() -> bytes:
+            c = subprocess.run(
+                ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
+                capture_output=True,
+                env=env,
+                timeout=30,
+            )
+            assert c.returncode == 0, c.stderr
+            return c.stdout
+
+        result["curl_sha256_ok"] = sha(curl_get()) == sha(body)
 
         # The client connections that ended left their endpoint connections idle: the next curl (a new
         # client connection) takes one instead of opening a new endpoint connection.
@@ -288,16 +292,10 @@ def inner(workdir: Path, netns: str) -> dict[str, Any]:
         admin.wait_for("s3proxy_upstream_idle_connections", 1)
         opened = max(r.connection for r in backend.upstream_requests(since))
         again_mark = backend.mark()
-        c = subprocess.run(
-            ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca_cert), url],
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
-        assert c.returncode == 0, c.stderr
+        got_again = curl_get()
         again = backend.upstream_requests(again_mark)
         result["curl_again_on_a_kept_connection"] = (
-            sha(c.stdout) == sha(body) and len(again) == 1 and again[0].connection <= opened
+            sha(got_again) == sha(body) and len(again) == 1 and again[0].connection <= opened
         )
         result["reused"] = admin.value("s3proxy_upstream_connections_reused_total")
 
