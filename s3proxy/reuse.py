@@ -19,8 +19,9 @@ Where it is safe:
   are not kept afterwards.
 - An idle connection on which the endpoint sends anything (its close, a stray byte) is closed at once, and
   one is checked again when taken. Idle connections expire after `reuse_idle` seconds and are not kept once
-  older than MAX_AGE (a failed-over connection does not pin a client to another zone for long), or when
-  their address is benched. A config reload closes them all.
+  older than MAX_AGE, or once their address is no longer the one a new connection would try first
+  (`Reuse.keep_address`: a failover ends, the preferred zone is back, the DNS answer expired). A config
+  reload closes them all.
 - A GET or HEAD whose reused connection turns out closed before any answer is sent again
   (`install_stale_connection_replay` in the addon) on a new, probed connection: never on another kept one,
   likely closed in the same batch.
@@ -36,13 +37,10 @@ task stays the same and delivers what it reads to whichever handler owns the con
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-log = logging.getLogger("s3proxy")
 
 # An idle connection older than this (seconds since its TCP connect) is closed instead of kept.
 MAX_AGE = 60.0
