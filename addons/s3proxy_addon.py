@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Server
 from mitmproxy.proxy import server_hooks
 
-from s3proxy import access, guard, hosts, reuse
+from s3proxy import access, ciphers, guard, hosts, reuse
 from s3proxy.chunked import ChunkResigner
 from s3proxy.config import Config, ConfigError, load_config
 from s3proxy.engine import Decision, Engine
@@ -351,6 +351,7 @@ class S3Proxy:
         self.regions.max_entries, self.regions.ttl = u.region_cache_size, u.region_cache_ttl
         # Kept endpoint connections were made under the old config (endpoints, CA bundle): close them.
         reuse.REUSE.configure(u.reuse_idle, u.reuse_max)
+        ciphers.ORDER.prefer_aes128 = config.tls.prefer_aes128
 
     def reload(self) -> str | None:
         """Read the config file again and swap it in for new requests; open connections are untouched.
@@ -376,6 +377,7 @@ class S3Proxy:
         install_stale_connection_replay()
         install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
         reuse.install()
+        ciphers.install()
         shared = reuse.REUSE
         shared.wants = lambda host: self.upstreams_for(host) is not None
         shared.keep_address = self._still_preferred

@@ -286,6 +286,7 @@ def start_env(root: Path, args: argparse.Namespace, sizes: dict[str, int]) -> tu
         variants[f"s3proxy-w{args.workers}"] = {"workers": args.workers}
     variants["s3proxy-vi30"] = {"workers": 1, "upstream": {"verify_interval": 30}}
     variants["s3proxy-noreuse"] = {"workers": 1, "upstream": {"reuse_idle": 0}}
+    variants["s3proxy-aes256"] = {"workers": 1, "tls": {**base_config["tls"], "prefer_aes128": False}}
     ec_ca_dir = root / "proxy-ca-ecdsa"
     variants["s3proxy-ecdsa"] = {
         "workers": 1,
@@ -763,7 +764,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             chunk_headers = chunked_body(chunked, sizes["big"], 64 * 1024) if want("big") else []
             get_h = sign("GET", S3_HOST, "/bench/big", EMPTY_SHA256)
             put_h = sign("PUT", S3_HOST, "/bench/up-big", "UNSIGNED-PAYLOAD")
-            for m in modes if want("big") else ():
+            for m in [*modes, "s3proxy-aes256"] if want("big") else ():
                 record(
                     "get_big",
                     m,
@@ -782,7 +783,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 (root / "www" / "bench" / "up-chunked").unlink(missing_ok=True)
             for m in modes if want("small") else ():
                 record("small_seq", m, with_cpu(env, m, sequential_gets, env, m, small_n), "req_s")
-            for m in [*modes, *VARIANT_LABELS] if want("newconn") else ():
+            for m in [*modes, *NEWCONN_VARIANTS] if want("newconn") else ():
                 record("new_conn", m, with_cpu(env, m, new_connection_gets, env, m, small_n // 10), "req_s")
             for clients in (32, 256) if want("conc") else ():
                 cmodes = [*modes, *([wN] if wN in env.ports else [])]
@@ -814,10 +815,12 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+NEWCONN_VARIANTS = ("s3proxy-vi30", "s3proxy-noreuse", "s3proxy-ecdsa")
 VARIANT_LABELS = {
     "s3proxy-vi30": "verify_interval 30",
     "s3proxy-noreuse": "reuse_idle 0",
     "s3proxy-ecdsa": "ECDSA CA",
+    "s3proxy-aes256": "prefer_aes128 false",
 }
 
 
@@ -845,8 +848,8 @@ def table(out: dict[str, Any]) -> str:
         )
 
     for t in ("get_big", "put_big", "put_chunked"):
-        row(t, "mb_s")
-        row(t, "cpu_s_per_gib", "{:.2f}")
+        row(t, "mb_s", extra=_variants(r, t, "mb_s", "{:.0f} MB/s"))
+        row(t, "cpu_s_per_gib", "{:.2f}", extra=_variants(r, t, "cpu_s_per_gib", "{:.2f}"))
     row("small_seq", "req_s")
     row("small_seq", "cpu_us_per_req")
     row("small_seq", "p50_ms", "{:.3f}")

@@ -83,6 +83,11 @@ DESCRIPTIONS: Mapping[str, tuple[str | None, str]] = {
         "Key of a CA s3proxy creates: `rsa` (2048 bits) or `ecdsa` (P-256, cheaper client handshakes); an "
         "existing CA is kept.",
     ),
+    "tls.prefer_aes128": (
+        None,
+        "TLS 1.3 order AES-128-GCM, AES-256-GCM, ChaCha20 (clients and endpoints); `false`: OpenSSL's "
+        "(AES-256 first).",
+    ),
     "dns": ("", "Resolving the endpoint names (dnspython; never the system cache)."),
     "dns.nameservers": (
         "system resolver",

@@ -73,6 +73,7 @@ def test_defaults() -> None:
     assert cfg.non_s3 == "tunnel"
     assert cfg.tls.upstream_ca_bundle is None
     assert cfg.tls.ca_key == "rsa"  # every client can use it; ecdsa is asked for
+    assert cfg.tls.prefer_aes128 is True
     assert (cfg.dns.nameservers, cfg.dns.timeout, cfg.dns.cache_max_ttl, cfg.dns.negative_ttl) == (
         (),
         2.0,
@@ -331,6 +332,9 @@ ERRORS: list[tuple[str, Any, str]] = [
     ("non_s3", base(non_s3="drop"), r"^non_s3: 'drop' must be one of: tunnel, deny"),
     ("tls typo", base(tls={"ca_dr": "x"}), r"^tls\.ca_dr: unknown key; did you mean 'ca_dir'"),
     ("ca key", base(tls={"ca_key": "ed25519"}), r"^tls\.ca_key: 'ed25519' must be one of: rsa, ecdsa"),
+    ("aes128", base(tls={"prefer_aes128": "yes"}), r"^tls\.prefer_aes128: 'yes' must be true or false"),
+    ("access_log", base(log={"access_log": 1}), r"^log\.access_log: 1 must be true or false"),
+    ("discover", base(upstream={"discover_region": "no"}), r"^upstream\.discover_region: 'no' must be true"),
     (
         "missing bundle",
         base(tls={"upstream_ca_bundle": "/nonexistent/ca.pem"}),

@@ -27,7 +27,9 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, flow, http, master, options, optmanager
+from mitmproxy.addons import tlsconfig
 from mitmproxy.coretypes import multidict
+from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import commands, context, events, layer, server
 from mitmproxy.proxy import mode_servers as server_modes
 from mitmproxy.proxy import server_hooks as hooks
@@ -119,6 +121,13 @@ PINNED = {
     "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
     "Http1Connection.mark_done": (_http1.Http1Connection.mark_done, "dc5ed395ce4f0763"),
     "Http1Client.read_headers": (_http1.Http1Client.read_headers, "415454c5fa8b5981"),
+    # s3proxy/ciphers.py builds mitmproxy's TLS contexts with these (uncached: __wrapped__) and relies on
+    # tlsconfig asking for one per connection, through the module, before making the connection:
+    "create_client_proxy_context": (net_tls.create_client_proxy_context, "8a3bd5b54ef3d093"),
+    "create_proxy_server_context": (net_tls.create_proxy_server_context, "e2d90d71c5744797"),
+    "_create_ssl_context": (net_tls._create_ssl_context, "d322b556bd36254f"),  # OP_CIPHER_SERVER_PREFERENCE
+    "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "d3093c897eeafc2f"),
+    "TlsConfig.tls_start_server": (tlsconfig.TlsConfig.tls_start_server, "2e2dc9c25670cf64"),
     # wider_reads (the same in Python 3.12 and 3.13):
     "StreamReader.read": (tuning.ORIGINALS["asyncio.streams.StreamReader.read"], "b3e781f2317fe198"),
     "StreamReader.feed_data": (

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import copy
 import hashlib
+import os
 import socket
 import ssl
 import subprocess
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 # The reusable stand-ins live in the product (`s3proxy demo` uses them); re-exported here so tests keep
@@ -133,6 +135,15 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return out
 
 
+def write_config(proxy: ProxyProcess, config: dict[str, Any] | str) -> None:
+    """Replace the proxy's config file the way editors and ConfigMaps do: a new file renamed over the old
+    one (its watcher never reads half a file)."""
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    tmp = proxy.config_path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, proxy.config_path)
+
+
 def ensure_bucket(s3: Any, name: str) -> None:
     """Create bucket `name` with the S3 client `s3` (direct or through a proxy) unless it exists."""
     from botocore.exceptions import ClientError
@@ -222,6 +233,7 @@ class TapConnection:
     ok: bool  # TLS handshake with the proxy and upstream connect both succeeded
     serial: int
     at: float
+    cipher: str | None = None  # the TLS suite the proxy and the tap agreed on
 
 
 class _RequestHeadObserver:
@@ -333,6 +345,8 @@ class UpstreamTap:
         self._server_ctx.load_cert_chain(str(certs.cert), str(certs.key))
         self._server_ctx.set_alpn_protocols(["http/1.1"])  # the observer parses HTTP/1.1 only
         self._server_ctx.sni_callback = self._on_sni
+        # Pick the suite the proxy lists first, as nginx does by default, so tests see the proxy's order.
+        self._server_ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
         self._client_ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
         self._client_ctx.set_alpn_protocols(["http/1.1"])
         self._lock = threading.Lock()
@@ -537,10 +551,14 @@ class UpstreamTap:
     def _on_sni(sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         sslobj.tap_sni = server_name
 
-    def _record_conn(self, addr: str, sni: str | None, alpn: str | None, ok: bool) -> int:
+    def _record_conn(
+        self, addr: str, sni: str | None, alpn: str | None, ok: bool, cipher: str | None = None
+    ) -> int:
         with self._lock:
             self._serial += 1
-            self._connections.append(TapConnection(addr, sni, alpn, ok, self._serial, time.monotonic()))
+            self._connections.append(
+                TapConnection(addr, sni, alpn, ok, self._serial, time.monotonic(), cipher)
+            )
             return self._serial
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -588,7 +606,7 @@ class UpstreamTap:
         except (OSError, ssl.SSLError):
             self._record_conn(addr, sni, alpn, ok=False)
             raise
-        serial = self._record_conn(addr, sni, alpn, ok=True)
+        serial = self._record_conn(addr, sni, alpn, ok=True, cipher=sslobj.cipher()[0] if sslobj else None)
         conn = _TapConn(addr, sni, serial, writer, up_writer)
         conn.sink = self._add_outcome
         self._live.add(conn)
@@ -985,8 +1003,6 @@ class ProxyProcess:
         )
 
     def start(self, timeout: float = 30) -> ProxyProcess:
-        import yaml
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         env = clean_client_env()

@@ -27,7 +27,16 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from e2e.harness import ADMIN, SEAWEED_ONLY, USER, ProxyProcess, S3Backend, admin_proxy, ensure_bucket
+from e2e.harness import (
+    ADMIN,
+    SEAWEED_ONLY,
+    USER,
+    ProxyProcess,
+    S3Backend,
+    admin_proxy,
+    ensure_bucket,
+    write_config,
+)
 
 BUCKET = "e2e-ops"
 WRONG = dataclasses.replace(ADMIN, secret_access_key="Wrong" + ADMIN.secret_access_key[5:])
@@ -68,14 +77,6 @@ def wait_for_log(proxy: ProxyProcess, needle: str, timeout: float = 10) -> str:
             raise AssertionError(f"{needle!r} not in proxy log:\n{logs[-3000:]}")
         time.sleep(0.05)
     return logs
-
-
-def write_config(proxy: ProxyProcess, config: dict[str, Any] | str) -> None:
-    """Replace the config file the way editors and ConfigMaps do: a new file renamed over the old one."""
-    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
-    tmp = proxy.config_path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, proxy.config_path)
 
 
 def raw_proxy_request(proxy: ProxyProcess, data: bytes) -> str:
