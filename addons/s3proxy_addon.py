@@ -32,6 +32,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Server
+from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from s3proxy import access, ciphers, guard, hosts, reuse
@@ -639,9 +640,12 @@ class S3Proxy:
 
     def _point(self, flow: http.HTTPFlow, decision: Decision, address: str, port: int) -> None:
         r = flow.request
-        r.scheme = "https"
-        r.host = address
-        r.port = port
+        # What the scheme, host and port setters do, once instead of after each: each setter rewrites the
+        # Host header (replaced below anyway) and the authority (kept only by absolute-form requests).
+        data = r.data
+        data.scheme, data.host, data.port = b"https", address, port
+        if data.authority:
+            r.authority = url.hostport("https", address, port)
         r.path = decision.target
         r.headers = http.Headers(
             [

@@ -79,6 +79,10 @@ class FlowTrack:
     logged: bool = False
 
 
+def _log_access(line: str) -> None:
+    access_log.info("%s", line)
+
+
 def _client(flow: http.HTTPFlow) -> tuple[str, int] | None:
     peer = flow.client_conn.peername
     return (str(peer[0]), int(peer[1])) if peer else None
@@ -119,6 +123,8 @@ class Operations:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.metrics = Metrics(version=__version__, python_version=platform.python_version())
+        # Where access lines go: the `s3proxy.access` logger, or (`s3proxy run`) straight to its stream.
+        self.write_access: Callable[[str], None] = _log_access
         self.metrics.attach_dns(self._dns_stats)
         self.metrics.attach_upstream(self._upstream_stats)
         self.metrics.attach_access(lambda: {"password_checks": self.proxy.password_checks})
@@ -410,7 +416,7 @@ class Operations:
         self.metrics.observe(record)
         if config is None or config.log.access_log:
             text_form = config is not None and config.log.format == "text"
-            access_log.info("%s", format_text(record) if text_form else format_json(record))
+            self.write_access(format_text(record) if text_form else format_json(record))
 
     def record(
         self, flow: http.HTTPFlow, track: FlowTrack, failed: str | None, *, redact: bool

@@ -25,7 +25,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -70,16 +70,26 @@ def log_level(config: Config, environ: Mapping[str, str]) -> str:
     return override or config.log.level
 
 
-def configure_access_log(stream: TextIO) -> None:
+def configure_access_log(stream: TextIO) -> Callable[[str], None]:
     """Access lines (logger `s3proxy.access`, already formatted) go to `stream` on their own handler, so
     they are written whatever mitmproxy's termlog verbosity or `log.level` is; `log.access_log` turns
-    them off."""
+    them off. Returns what that handler does with one line, without the LogRecord, the formatting and the
+    handler's lock around them (one access line per request: `Operations.write_access`)."""
     access = logging.getLogger("s3proxy.access")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.handlers = [handler]
     access.setLevel(logging.INFO)
     access.propagate = False
+
+    def write(line: str) -> None:
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # stderr closed or full: as logging, never fail the request for it
+            pass
+
+    return write
 
 
 def default_workers() -> int:
@@ -239,7 +249,7 @@ def serve(
             level = log_level(config, os.environ)
             # Only s3proxy's own loggers are raised; mitmproxy's stay at the root's WARNING.
             logging.getLogger("s3proxy").setLevel(level.upper())
-            configure_access_log(sys.stderr)
+            ops.write_access = configure_access_log(sys.stderr)
             opts.update(termlog_verbosity=level)
             opts.update(**mitmproxy_options(config, config_path))
         except (exceptions.OptionsError, ValueError) as e:

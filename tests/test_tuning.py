@@ -128,6 +128,11 @@ PINNED = {
     "_create_ssl_context": (net_tls._create_ssl_context, "d322b556bd36254f"),  # OP_CIPHER_SERVER_PREFERENCE
     "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "d3093c897eeafc2f"),
     "TlsConfig.tls_start_server": (tlsconfig.TlsConfig.tls_start_server, "2e2dc9c25670cf64"),
+    # addons/s3proxy_addon.py S3Proxy._point does what these setters do, once:
+    "Request.scheme.fset": (http.Request.scheme.fset, "cf10dc42a888bc19"),
+    "Request.host.fset": (http.Request.host.fset, "3749dd5a4ee517e8"),
+    "Request.port.fset": (http.Request.port.fset, "d221b67f5fab9254"),
+    "Request._update_host_and_authority": (http.Request._update_host_and_authority, "e75fe6d44e650729"),
     # wider_reads (the same in Python 3.12 and 3.13):
     "StreamReader.read": (tuning.ORIGINALS["asyncio.streams.StreamReader.read"], "b3e781f2317fe198"),
     "StreamReader.feed_data": (
@@ -1512,3 +1517,32 @@ def test_hooks_disarm_and_rearm_the_watchdog_as_mitmproxy_does(scenario: str) ->
     assert ours == theirs
     assert ours[0][:3] == ("during", 1, False)
     assert ours[-1] == ("after", 0, True, True, False)
+
+
+@pytest.mark.parametrize("authority", [b"", b"s3.us-east-1.amazonaws.com:80"])
+def test_point_sets_what_mitmproxys_setters_would(authority: bytes) -> None:
+    """S3Proxy._point writes scheme, host and port once instead of through their setters (pinned above):
+    the request sent upstream is the same, an absolute-form request's authority included."""
+    from addons.s3proxy_addon import S3Proxy
+    from s3proxy.engine import Decision
+
+    host, port = "bucket.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com", 8443
+    headers = (("Host", host), ("x-amz-date", "20261128T000000Z"), ("Authorization", "AWS4-HMAC-SHA256 x"))
+    decision = Decision(action="forward", plan=None, path="/k", query="a=1", headers=headers)  # type: ignore[arg-type]
+    pointed, expected = tflow.tflow(), tflow.tflow()
+    for f in (pointed, expected):
+        f.request.scheme, f.request.authority = "http", authority.decode()
+    S3Proxy()._point(pointed, decision, host, port)
+    r = expected.request
+    r.scheme, r.host, r.port, r.path = "https", host, port, decision.target
+    r.headers = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+    got, want = pointed.request.data, r.data
+    assert (got.scheme, got.host, got.port, got.authority, got.path) == (
+        want.scheme,
+        want.host,
+        want.port,
+        want.authority,
+        want.path,
+    )
+    assert got.headers.fields == want.headers.fields
+    assert pointed.request.url == r.url

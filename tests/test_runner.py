@@ -1,0 +1,44 @@
+"""s3proxy.runner's access-line writer: the bytes the `s3proxy.access` handler would write, without it."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from addons.s3proxy_ops import Operations
+from s3proxy.runner import configure_access_log
+
+ACCESS = logging.getLogger("s3proxy.access")
+
+
+@pytest.fixture(autouse=True)
+def access_logger_restored() -> Iterator[None]:
+    saved = (ACCESS.handlers[:], ACCESS.level, ACCESS.propagate)
+    yield
+    ACCESS.handlers, ACCESS.level, ACCESS.propagate = saved[0], saved[1], saved[2]
+
+
+def test_access_lines_are_what_the_logger_writes() -> None:
+    stream = io.StringIO()
+    write = configure_access_log(stream)
+    ACCESS.info("%s", '{"op":"GetObject","key":"a%b"}')
+    write('{"op":"GetObject","key":"a%b"}')
+    first, second = stream.getvalue().splitlines(keepends=True)
+    assert first == second == '{"op":"GetObject","key":"a%b"}\n'
+
+
+def test_a_closed_stream_never_fails_a_request() -> None:
+    stream = io.StringIO()
+    write = configure_access_log(stream)
+    stream.close()
+    write("line")  # no exception: the request it describes was already served
+
+
+def test_without_the_runner_access_lines_go_through_the_logger() -> None:
+    stream = io.StringIO()
+    configure_access_log(stream)
+    Operations().write_access("one line")
+    assert stream.getvalue() == "one line\n"
