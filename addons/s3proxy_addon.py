@@ -305,6 +305,7 @@ class S3Proxy:
         loader.add_option(  # type: ignore[attr-defined]
             "s3proxy_config", str, "", "Path to the s3proxy YAML configuration file."
         )
+        ciphers.install()  # before the listeners start (`running` is after)
 
     def configure(self, updated: set[str]) -> None:
         if "s3proxy_config" not in updated:
@@ -378,7 +379,6 @@ class S3Proxy:
         install_stale_connection_replay()
         install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
         reuse.install()
-        ciphers.install()
         shared = reuse.REUSE
         shared.wants = lambda host: self.upstreams_for(host) is not None
         shared.keep_address = self._still_preferred

@@ -69,7 +69,7 @@ class TLSConfig:
     # or "ecdsa" (P-256: each client TLS handshake costs the proxy ~1 ms less CPU, measured).
     ca_key: Literal["rsa", "ecdsa"] = "rsa"
     # TLS 1.3: AES-128-GCM first (then AES-256-GCM, ChaCha20) for clients and toward endpoints, instead of
-    # OpenSSL's AES-256 first: less CPU per byte relayed (s3proxy.ciphers).
+    # OpenSSL's AES-256 first: less CPU per byte relayed (s3proxy.ciphers). False: mitmproxy's contexts.
     prefer_aes128: bool = True
 
 

@@ -85,8 +85,8 @@ DESCRIPTIONS: Mapping[str, tuple[str | None, str]] = {
     ),
     "tls.prefer_aes128": (
         None,
-        "TLS 1.3 order AES-128-GCM, AES-256-GCM, ChaCha20 (clients and endpoints); `false`: OpenSSL's "
-        "(AES-256 first).",
+        "TLS 1.3 order AES-128-GCM, AES-256-GCM, ChaCha20 (clients and endpoints; ChaCha20 for clients "
+        "that list it first); `false`: mitmproxy's TLS contexts unchanged (OpenSSL's order, AES-256 first).",
     ),
     "dns": ("", "Resolving the endpoint names (dnspython; never the system cache)."),
     "dns.nameservers": (

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from mitmproxy.addons import tlsconfig
 from mitmproxy.net import tls as net_tls
 from OpenSSL import SSL
 
@@ -37,7 +38,7 @@ def serving_context() -> SSL.Context:
         method=net_tls.Method.TLS_SERVER_METHOD,
         min_version=net_tls.Version.TLS1_2,
         max_version=net_tls.Version.UNBOUNDED,
-        cipher_list=None,
+        cipher_list=tlsconfig._DEFAULT_CIPHERS,  # what tls_start_client passes unless ciphers_client is set
         ecdh_curve=None,
         chain_file=None,
         alpn_select_callback=None,
@@ -63,17 +64,21 @@ def upstream_context(ca: Path) -> SSL.Context:
     )
 
 
-def plain_context(method: int, suites: str | None, *, server_order: bool = False) -> SSL.Context:
+def plain_context(method: int, suites: str | None, *, tls12: str | None = None) -> SSL.Context:
+    """A context that lists TLS 1.3 `suites` (None: OpenSSL's order) or speaks only TLS 1.2 with `tls12`."""
     context = SSL.Context(method)
     if suites is not None:
         assert SSL._lib.SSL_CTX_set_ciphersuites(context._context, suites.encode())  # type: ignore[attr-defined]
-    if server_order:
-        context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    if tls12 is not None:
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_cipher_list(tls12.encode())
     return context
 
 
-def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context, cert: Path, key: Path) -> str:
-    """The TLS 1.3 suite the two agree on (the certificate is the connection's, as tlsconfig sets it)."""
+def handshake(
+    server_ctx: SSL.Context, client_ctx: SSL.Context, cert: Path, key: Path, version: str = "TLSv1.3"
+) -> str:
+    """The suite the two agree on (the certificate is the connection's, as tlsconfig sets it)."""
     server = SSL.Connection(server_ctx)
     server.use_certificate(x509.load_pem_x509_certificate(cert.read_bytes()))
     server.use_privatekey(serialization.load_pem_private_key(key.read_bytes(), None))  # type: ignore[arg-type]
@@ -91,7 +96,7 @@ def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context, cert: Path, key:
                 b.bio_write(a.bio_read(65536))
             except SSL.WantReadError:
                 pass
-    assert client.get_protocol_version_name() == "TLSv1.3"
+    assert client.get_protocol_version_name() == version
     name = client.get_cipher_name()
     assert name == server.get_cipher_name()
     return str(name)
@@ -108,8 +113,8 @@ CLIENT_DEFAULT = None
         (True, f"{AES256}:{AES128}", AES128),  # the proxy's order decides
         (True, AES256, AES256),  # a client that offers only AES-256 gets it
         (True, f"{CHACHA}:{AES256}:{AES128}", CHACHA),  # ChaCha20 first: no AES instructions there
-        (False, CLIENT_DEFAULT, AES256),  # OpenSSL's order, as mitmproxy has it
-        (False, f"{CHACHA}:{AES256}:{AES128}", CHACHA),
+        (False, CLIENT_DEFAULT, AES256),  # mitmproxy's context: OpenSSL's order
+        (False, f"{CHACHA}:{AES256}:{AES128}", AES256),
     ],
 )
 def test_what_the_proxy_serves_to_clients(
@@ -133,10 +138,29 @@ def test_what_the_proxy_offers_to_an_endpoint_that_follows_its_client(
     assert handshake(endpoint, upstream_context(ca), cert, key) == expected
 
 
-def test_an_endpoint_with_its_own_order_keeps_it(cert_files: tuple[Path, Path, Path]) -> None:
-    ca, cert, key = cert_files
-    endpoint = plain_context(SSL.TLS_SERVER_METHOD, f"{AES256}:{AES128}", server_order=True)
-    assert handshake(endpoint, upstream_context(ca), cert, key) == AES256
+# TLS 1.2: mitmproxy's list already starts with AES-128-GCM; only a client that lists ChaCha20 first changes.
+ECDHE_CHACHA_FIRST = (
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    + ("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+)
+
+
+@pytest.mark.parametrize(
+    ("prefer", "client_ciphers", "expected"),
+    [
+        (True, "DEFAULT", "AES128-GCM"),
+        (True, ECDHE_CHACHA_FIRST, "CHACHA20-POLY1305"),
+        (False, "DEFAULT", "AES128-GCM"),
+        (False, ECDHE_CHACHA_FIRST, "AES128-GCM"),  # mitmproxy's own order
+    ],
+)
+def test_tls12_clients(
+    cert_files: tuple[Path, Path, Path], prefer: bool, client_ciphers: str, expected: str
+) -> None:
+    _, cert, key = cert_files
+    ciphers.ORDER.prefer_aes128 = prefer
+    client = plain_context(SSL.TLS_CLIENT_METHOD, None, tls12=client_ciphers)
+    assert expected in handshake(serving_context(), client, cert, key, version="TLSv1.2")
 
 
 def test_a_reload_that_turns_it_off_gets_other_contexts(cert_files: tuple[Path, Path, Path]) -> None:
@@ -146,7 +170,7 @@ def test_a_reload_that_turns_it_off_gets_other_contexts(cert_files: tuple[Path, 
     assert serving_context() is first  # cached, as mitmproxy caches it
     ciphers.ORDER.prefer_aes128 = False
     other = serving_context()
-    assert other is not first  # a used context is never changed
+    assert other is not first  # a used context is never changed: this one is mitmproxy's own
     assert handshake(other, plain_context(SSL.TLS_CLIENT_METHOD, None), cert, key) == AES256
     ciphers.ORDER.prefer_aes128 = True
     assert serving_context() is first
