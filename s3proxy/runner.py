@@ -92,6 +92,22 @@ def configure_access_log(stream: TextIO) -> Callable[[str], None]:
     return write
 
 
+def whole_lines(*streams: Any) -> None:
+    """Have each text stream write a line with one write(2), flushed at its newline.
+
+    Under PYTHONUNBUFFERED (set by the systemd unit and the container image, so that lines show at once)
+    Python's stdout and stderr write through: print() issues the text and its newline as two writes. With
+    `workers: N`, N processes share the same stdout, so two workers' log lines could merge into one
+    ("msg A msg B" then two newlines), breaking log collectors. Line buffering without write-through keeps
+    each line whole and still flushes it at once. Streams that cannot be reconfigured are left as they are.
+    """
+    for stream in streams:
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # e.g. closed
+                reconfigure(line_buffering=True, write_through=False)
+
+
 def default_workers() -> int:
     """`workers: auto`: one worker per CPU core this process may run on."""
     try:
@@ -103,6 +119,8 @@ def default_workers() -> int:
 def run(config: Config, config_path: str) -> int:
     """Run the proxy until SIGINT/SIGTERM. Returns the process exit code."""
     from s3proxy.ca import CA_KEY, ensure_ca, key_permission_problem
+
+    whole_lines(sys.stdout, sys.stderr)  # before the workers fork: they share these streams
 
     # The CA key lets whoever reads it impersonate every S3 name to every client that trusts the CA.
     problem = key_permission_problem(config.tls.ca_dir)
@@ -233,6 +251,7 @@ def serve(
 
     if worker is not None:
         share_listen_port()
+    whole_lines(sys.stdout, sys.stderr)
     tuning.tune_mitmproxy()
     if tuning.enabled("lean_log_records"):
         tuning.lean_log_records()

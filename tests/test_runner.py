@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from addons.s3proxy_ops import Operations
-from s3proxy.runner import configure_access_log
+from s3proxy.runner import configure_access_log, whole_lines
 
 ACCESS = logging.getLogger("s3proxy.access")
 
@@ -42,3 +43,31 @@ def test_without_the_runner_access_lines_go_through_the_logger() -> None:
     configure_access_log(stream)
     Operations().write_access("one line")
     assert stream.getvalue() == "one line\n"
+
+
+class Writes(io.RawIOBase):
+    """A raw stream that records each write(2) it would have made."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.calls.append(bytes(b))
+        return len(b)
+
+
+def test_each_log_line_is_one_write_under_pythonunbuffered() -> None:
+    """What PYTHONUNBUFFERED makes of stdout (write-through text over an unbuffered file): print() writes the
+    text and its newline separately, so workers sharing stdout can merge lines; whole_lines stops that."""
+    raw = Writes()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    print("[12:00:00.000] worker 0: keyring is empty", file=stream)
+    assert raw.calls == [b"[12:00:00.000] worker 0: keyring is empty", b"\n"]  # the problem
+    raw.calls.clear()
+    whole_lines(stream, object())  # an object without reconfigure is left alone
+    print("[12:00:00.000] worker 1: keyring is empty", file=stream)
+    print("second line", file=stream)
+    assert raw.calls == [b"[12:00:00.000] worker 1: keyring is empty\n", b"second line\n"]
