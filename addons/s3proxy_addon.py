@@ -305,7 +305,8 @@ class S3Proxy:
         loader.add_option(  # type: ignore[attr-defined]
             "s3proxy_config", str, "", "Path to the s3proxy YAML configuration file."
         )
-        ciphers.install()  # before the listeners start (`running` is after)
+        # Before the listeners start: mitmproxy accepts connections before it runs the `running` hooks.
+        self._install()
 
     def configure(self, updated: set[str]) -> None:
         if "s3proxy_config" not in updated:
@@ -375,6 +376,12 @@ class S3Proxy:
         return None
 
     def running(self) -> None:
+        self._install()  # where `load` ran without an event loop: the name lookups (nothing else to do)
+
+    def _install(self) -> None:
+        """The process-wide patches this addon relies on (each once per process), and, once an event loop
+        runs, its name lookups."""
+        ciphers.install()
         install_s3_protocol_errors()
         install_stale_connection_replay()
         install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
@@ -385,7 +392,10 @@ class S3Proxy:
         shared.on_reuse = self._count_reuse
         # mitmproxy connects with asyncio.open_connection(host, port): answer its name lookups for our
         # vpce names (see module docstring); everything else keeps the loop's own getaddrinfo.
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
         original = loop.getaddrinfo
         if getattr(original, "_s3proxy", False):
             return

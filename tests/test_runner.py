@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -71,3 +72,29 @@ def test_each_log_line_is_one_write_under_pythonunbuffered() -> None:
     print("[12:00:00.000] worker 1: keyring is empty", file=stream)
     print("second line", file=stream)
     assert raw.calls == [b"[12:00:00.000] worker 1: keyring is empty\n", b"second line\n"]
+
+
+def test_the_addon_patches_are_in_place_before_the_listeners_start() -> None:
+    """mitmproxy's Master.run brings up the listeners before it runs the `running` hooks (pinned in
+    tests/test_tuning.py), so S3Proxy installs at `load`: a connection accepted at once already has the
+    endpoint name lookups, the header limit, reuse and the cipher order."""
+    from mitmproxy import options
+    from mitmproxy.net import tls as net_tls
+    from mitmproxy.proxy.layers import http as http_layers
+    from mitmproxy.proxy.layers.http import _http1
+
+    from addons.s3proxy_addon import S3Proxy
+    from s3proxy.runner import lean_master
+
+    async def main() -> None:
+        master = lean_master(options.Options())
+        master.addons.add(S3Proxy())  # load, as `s3proxy run` and mitmdump -s do; no `running` yet
+        assert getattr(asyncio.get_running_loop().getaddrinfo, "_s3proxy", False)  # this loop's own
+        for patched in (
+            http_layers.HttpLayer.get_connection,
+            _http1.Http1Server.read_headers,
+            net_tls.create_client_proxy_context,
+        ):
+            assert getattr(patched, "_s3proxy", False), patched
+
+    asyncio.run(main())

@@ -128,6 +128,8 @@ PINNED = {
     "_create_ssl_context": (net_tls._create_ssl_context, "d322b556bd36254f"),  # OP_CIPHER_SERVER_PREFERENCE
     "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "d3093c897eeafc2f"),
     "TlsConfig.tls_start_server": (tlsconfig.TlsConfig.tls_start_server, "2e2dc9c25670cf64"),
+    # Listeners come up before the `running` hooks, so S3Proxy installs its patches at `load`:
+    "Master.run": (master.Master.run, "45c44c14f8f79349"),
     # addons/s3proxy_addon.py S3Proxy._point does what these setters do, once:
     "Request.scheme.fset": (http.Request.scheme.fset, "cf10dc42a888bc19"),
     "Request.host.fset": (http.Request.host.fset, "3749dd5a4ee517e8"),
