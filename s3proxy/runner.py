@@ -104,8 +104,30 @@ def whole_lines(*streams: Any) -> None:
     for stream in streams:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
-            with contextlib.suppress(ValueError, OSError):  # e.g. closed
+            with contextlib.suppress(ValueError, OSError, TypeError):  # closed, or not a TextIOWrapper
                 reconfigure(line_buffering=True, write_through=False)
+
+
+def whole_log_records() -> None:
+    """mitmproxy's terminal log prints each record: print() writes the text, then its newline. Line
+    buffering sends the text as soon as it holds a newline (a traceback, a multi-line debug record) or
+    fills the stream's buffer (8 KiB), and the final newline then goes as a write of its own, where another
+    worker's line can land. One write per record, as logging's StreamHandler and the access log do."""
+    from mitmproxy.addons import termlog
+
+    handler_cls = termlog.TermLogHandler
+    if getattr(handler_cls.emit, "_s3proxy", False):
+        return
+
+    def emit(self: Any, record: logging.LogRecord) -> None:
+        try:
+            self.file.write(self.format(record) + "\n")
+        except OSError:
+            sys.exit(1)  # as mitmproxy: "We cannot print, exit immediately."
+
+    emit._s3proxy = True  # type: ignore[attr-defined]
+    emit.__wrapped__ = handler_cls.emit  # type: ignore[attr-defined]  # tests/test_tuning.py pins it
+    handler_cls.emit = emit  # type: ignore[method-assign]
 
 
 def default_workers() -> int:
@@ -252,6 +274,7 @@ def serve(
     if worker is not None:
         share_listen_port()
     whole_lines(sys.stdout, sys.stderr)
+    whole_log_records()
     tuning.tune_mitmproxy()
     if tuning.enabled("lean_log_records"):
         tuning.lean_log_records()

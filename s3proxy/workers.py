@@ -68,6 +68,9 @@ def _die_with_parent(parent: int) -> None:
 
 def _spawn(index: int, run_worker: Callable[[int], int]) -> int:
     parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # text still buffered would be written by parent and child
+        with contextlib.suppress(Exception):
+            stream.flush()
     pid = os.fork()
     if pid:
         return pid

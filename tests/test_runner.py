@@ -98,3 +98,30 @@ def test_the_addon_patches_are_in_place_before_the_listeners_start() -> None:
             assert getattr(patched, "_s3proxy", False), patched
 
     asyncio.run(main())
+
+
+def test_a_multi_line_log_record_is_one_write() -> None:
+    """mitmproxy's terminal log printed a record's text and its newline separately: with a traceback (or
+    8 KiB of text) the text went out at once and the newline on its own, where another worker's line
+    could land. whole_log_records makes it one write per record."""
+    from mitmproxy.addons import termlog
+
+    from s3proxy.runner import whole_log_records
+
+    raw = Writes()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    whole_lines(stream)
+    handler = termlog.TermLogHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("s3proxy", logging.ERROR, __file__, 1, "boom\nTraceback: x", None, None)
+    saved = termlog.TermLogHandler.emit
+    try:
+        handler.emit(record)
+        assert raw.calls == [b"boom\nTraceback: x", b"\n"]  # mitmproxy's print(): the problem
+        raw.calls.clear()
+        whole_log_records()
+        handler.emit(record)
+        handler.emit(logging.LogRecord("s3proxy", logging.INFO, __file__, 1, "y" * 9000, None, None))
+    finally:
+        termlog.TermLogHandler.emit = saved  # type: ignore[method-assign]
+    assert raw.calls == [b"boom\nTraceback: x\n", b"y" * 9000 + b"\n"]

@@ -27,7 +27,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, flow, http, master, options, optmanager
-from mitmproxy.addons import tlsconfig
+from mitmproxy.addons import termlog, tlsconfig
 from mitmproxy.coretypes import multidict
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import commands, context, events, layer, server
@@ -130,6 +130,8 @@ PINNED = {
     "TlsConfig.tls_start_server": (tlsconfig.TlsConfig.tls_start_server, "2e2dc9c25670cf64"),
     # Listeners come up before the `running` hooks, so S3Proxy installs its patches at `load`:
     "Master.run": (master.Master.run, "45c44c14f8f79349"),
+    # s3proxy/runner.py whole_log_records writes what this prints, in one write:
+    "TermLogHandler.emit": (termlog.TermLogHandler.emit, "a7def74fbd8a1ff4"),
     # addons/s3proxy_addon.py S3Proxy._point does what these setters do, once:
     "Request.scheme.fset": (http.Request.scheme.fset, "cf10dc42a888bc19"),
     "Request.host.fset": (http.Request.host.fset, "3749dd5a4ee517e8"),
