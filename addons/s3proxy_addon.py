@@ -275,6 +275,11 @@ class ChunkStream:
         return filler
 
 
+def _max_header_bytes() -> int:
+    config = _LOADED[-1].config
+    return config.limits.max_header_bytes if config is not None else 64 * 1024
+
+
 class S3Proxy:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -380,11 +385,13 @@ class S3Proxy:
 
     def _install(self) -> None:
         """The process-wide patches this addon relies on (each once per process), and, once an event loop
-        runs, its name lookups."""
+        runs, its name lookups. The patches are installed once per process, by the first instance, and ask
+        the latest loaded instance (`_LOADED`): mitmdump -s loads a new one when the script changes."""
+        _LOADED[:] = [self]
         ciphers.install()
         install_s3_protocol_errors()
         install_stale_connection_replay()
-        install_header_limit(lambda: self.config.limits.max_header_bytes if self.config else 64 * 1024)
+        install_header_limit(_max_header_bytes)
         reuse.install()
         shared = reuse.REUSE
         shared.wants = lambda host: self.upstreams_for(host) is not None
@@ -401,7 +408,7 @@ class S3Proxy:
             return
 
         async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-            upstreams = self.upstreams_for(host) if isinstance(host, str) else None
+            upstreams = _LOADED[-1].upstreams_for(host) if isinstance(host, str) else None
             if upstreams is not None and isinstance(host, str) and isinstance(port, int):
                 infos = await upstreams.addresses(host, port)
                 if infos is not None:
@@ -763,5 +770,8 @@ class S3Proxy:
             # Never present an upload as stored when a chunk failed verification: say why it failed.
             flow.response = error_response(chunks.error.with_resource(chunks.resource))
 
+
+# The instance the process-wide patches ask (S3Proxy._install): the one loaded last.
+_LOADED: list[S3Proxy] = []
 
 addons = [S3Proxy()]

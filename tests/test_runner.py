@@ -125,3 +125,35 @@ def test_a_multi_line_log_record_is_one_write() -> None:
     finally:
         termlog.TermLogHandler.emit = saved  # type: ignore[method-assign]
     assert raw.calls == [b"boom\nTraceback: x\n", b"y" * 9000 + b"\n"]
+
+
+def test_a_reloaded_addon_instance_answers_the_name_lookups() -> None:
+    """mitmdump -s loads a new S3Proxy when the script file changes; the process-wide patches, installed
+    once, must ask the new instance (its endpoints and limits), not the first one."""
+    from mitmproxy import options
+
+    from addons import s3proxy_addon
+    from s3proxy.runner import lean_master
+
+    class Pool:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        async def addresses(self, host: str, port: int) -> list[Any]:
+            return [(2, 1, 6, "", (self.address, port))]
+
+    async def main() -> None:
+        master = lean_master(options.Options())
+        first, second = s3proxy_addon.S3Proxy(), s3proxy_addon.S3Proxy()
+        first.upstreams_for = lambda host: Pool("10.0.0.1")  # type: ignore[method-assign,assignment,return-value]
+        master.addons.add(first)
+        master.addons.remove(first)
+        second.upstreams_for = lambda host: Pool("10.0.0.2")  # type: ignore[method-assign,assignment,return-value]
+        master.addons.add(second)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            "bucket.vpce-1-a.s3.us-east-1.vpce.amazonaws.com", 443
+        )
+        assert infos[0][4] == ("10.0.0.2", 443)
+        assert s3proxy_addon._max_header_bytes() == 64 * 1024  # the second one has no config yet
+
+    asyncio.run(main())
