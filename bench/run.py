@@ -825,7 +825,7 @@ VARIANT_LABELS = {
 
 
 def _variants(r: dict[str, Any], test: str, metric: str, fmt: str) -> str:
-    """The s3proxy variants' figures for `test` (`verify_interval: 30`, no connection reuse), labelled."""
+    """The s3proxy variants' figures for `test` (those of VARIANT_LABELS that ran it), labelled."""
     found = r.get(test, {})
     return "; ".join(
         f"{label}: " + fmt.format(found[m][metric])
