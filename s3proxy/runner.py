@@ -142,7 +142,9 @@ def run(config: Config, config_path: str) -> int:
     """Run the proxy until SIGINT/SIGTERM. Returns the process exit code."""
     from s3proxy.ca import CA_KEY, ensure_ca, key_permission_problem
 
-    whole_lines(sys.stdout, sys.stderr)  # before the workers fork: they share these streams
+    # Before the workers fork (they inherit both): they share these streams.
+    whole_lines(sys.stdout, sys.stderr)
+    whole_log_records()
 
     # The CA key lets whoever reads it impersonate every S3 name to every client that trusts the CA.
     problem = key_permission_problem(config.tls.ca_dir)
@@ -273,8 +275,6 @@ def serve(
 
     if worker is not None:
         share_listen_port()
-    whole_lines(sys.stdout, sys.stderr)
-    whole_log_records()
     tuning.tune_mitmproxy()
     if tuning.enabled("lean_log_records"):
         tuning.lean_log_records()
