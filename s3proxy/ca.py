@@ -105,7 +105,7 @@ def _create_ecdsa_ca(ca_dir: Path) -> None:
 
 
 def key_description(cert_path: Path) -> str:
-    """"RSA 2048" / "ECDSA secp256r1" for the CA certificate at `cert_path`."""
+    """The key of the CA certificate at `cert_path`: "RSA 2048", "ECDSA secp256r1", ..."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     public = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_key()
