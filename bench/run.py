@@ -403,7 +403,7 @@ def open_tls(env: Env, mode: str, ctx: ssl.SSLContext) -> ssl.SSLSocket:
 
 def tunnel(host: str, port: int, authority: str | None, sni: str, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     """A blocking TLS connection to `host:port`, through a CONNECT to `authority` first unless None."""
-    sock = socket.create_connection((host, port))
+    sock = socket.create_connection((host, port), timeout=60)  # a hung proxy is an error, not a hang
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if authority is not None:
