@@ -52,6 +52,7 @@ _AUTH_OK = "s3proxy_auth_ok"
 _POINTED = "s3proxy_pointed"  # set on a client connection once one of its requests was routed to S3
 REQUEST_KEY = "s3proxy_request"  # flow.metadata: the core Request as the client sent it
 REFUSAL_KEY = "s3proxy_refusal"  # flow.metadata: why the proxy answered itself (a metrics label)
+HEAD_ERROR_KEY = "s3proxy_head_error"  # flow.metadata: the error body a HEAD's answer went without
 
 
 def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -> http.Response:
@@ -184,6 +185,64 @@ def install_stale_connection_replay() -> None:
     handle_protocol_error._s3proxy = True  # type: ignore[attr-defined]
     handle_protocol_error.__wrapped__ = original  # type: ignore[attr-defined]
     stream_cls.handle_protocol_error = handle_protocol_error  # type: ignore[method-assign]
+
+
+def install_early_refusal() -> None:
+    """A request refused at its head (signature, key, access rules, policy, host, endpoint, DNS) is answered
+    at once, as S3 does, not after its body. mitmproxy would first read a refused request's whole body into
+    memory (one large PUT with a wrong key would take the proxy's memory) and, for `Expect: 100-continue`,
+    invite that body with a 100 first. Here no 100 is sent, the answer goes out with `Connection: close`
+    before the body, and what of the body still comes is read and dropped, never kept; the connection closes
+    when the request ends (closing right after the answer could reset it before the client read the
+    answer). tests/test_tuning.py pins the mitmproxy code this relies on."""
+    from mitmproxy.proxy.layers import http as http_layers
+    from mitmproxy.proxy.layers.http import _events, _hooks
+
+    stream_cls = http_layers.HttpStream
+    original = stream_cls.state_wait_for_request_headers
+    if getattr(original, "_s3proxy", False):
+        return
+
+    def state_wait_for_request_headers(self: Any, event: Any) -> Any:
+        commands = original(self, event)
+        reply = None
+        while True:
+            try:
+                command = commands.send(reply)
+            except StopIteration:
+                break
+            reply = None
+            if (
+                self.flow.response is not None
+                and isinstance(command, http_layers.SendHttp)
+                and isinstance(command.event, _events.ResponseHeaders)
+                and command.event.response.status_code == 100
+            ):
+                continue  # no "100 Continue" for a request already answered
+            reply = yield command
+        flow = self.flow
+        if flow.response is None or event.end_stream or self.client_state != self.state_consume_request_body:
+            return
+
+        def discard_request_body(event: Any) -> Any:
+            if isinstance(event, _events.RequestEndOfMessage):
+                flow.request.timestamp_end = time.time()
+                self.client_state = self.state_done
+                if self.server_state == self.state_done:
+                    yield from self.flow_done()
+            yield from ()
+
+        flow.response.headers["connection"] = "close"
+        flow.response.timestamp_start = time.time()
+        self.client_state = discard_request_body
+        yield _hooks.HttpResponseHeadersHook(flow)
+        if (yield from self.check_killed(True)):
+            return
+        yield from self.send_response()
+
+    state_wait_for_request_headers._s3proxy = True  # type: ignore[attr-defined]
+    state_wait_for_request_headers.__wrapped__ = original  # type: ignore[attr-defined]
+    stream_cls.state_wait_for_request_headers = state_wait_for_request_headers  # type: ignore[method-assign]
 
 
 def is_local_address(address: str) -> bool:
@@ -391,6 +450,7 @@ class S3Proxy:
         ciphers.install()
         install_s3_protocol_errors()
         install_stale_connection_replay()
+        install_early_refusal()
         install_header_limit(_max_header_bytes)
         reuse.install()
         shared = reuse.REUSE
@@ -724,6 +784,12 @@ class S3Proxy:
         chunks = flow.metadata.get("s3proxy_chunks")
         # After a failed chunk the (small) upstream error is read whole and replaced in `response`.
         flow.response.stream = not (isinstance(chunks, ChunkStream) and chunks.error is not None)
+        if flow.request.method.upper() == "HEAD" and flow.response.raw_content:
+            # An answer of the proxy's own (an error) to a HEAD: headers only, as S3 sends it; a body would be
+            # read as the start of the next response on the connection. Content-Length still gives its size;
+            # the body is kept for the access log's error code.
+            flow.metadata[HEAD_ERROR_KEY] = flow.response.raw_content
+            flow.response.raw_content = b""
         self._learn_region(flow)
 
     def _learn_region(self, flow: http.HTTPFlow) -> None:

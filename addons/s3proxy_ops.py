@@ -35,7 +35,14 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-from addons.s3proxy_addon import REFUSAL_KEY, REQUEST_KEY, S3Proxy, error_response, request_from_flow
+from addons.s3proxy_addon import (
+    HEAD_ERROR_KEY,
+    REFUSAL_KEY,
+    REQUEST_KEY,
+    S3Proxy,
+    error_response,
+    request_from_flow,
+)
 from s3proxy import __version__, admin, hosts, pac, reuse
 from s3proxy.accesslog import ID_HEADERS, AccessRecord, build_record, format_json, format_text
 from s3proxy.config import Config
@@ -95,9 +102,10 @@ def _address(peer: Any) -> str | None:
     return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
-def _own_error(response: http.Response) -> S3Error:
-    """The S3Error behind a response the proxy built itself (`error_response`): status and code only."""
-    m = _CODE_RE.search(response.raw_content or b"")
+def _own_error(response: http.Response, body: bytes | None = None) -> S3Error:
+    """The S3Error behind a response the proxy built itself (`error_response`): status and code only. `body`:
+    the error document when the response went without it (a HEAD's)."""
+    m = _CODE_RE.search(body or response.raw_content or b"")
     return S3Error(response.status_code, m.group(1).decode() if m else "InternalError", "")
 
 
@@ -434,7 +442,7 @@ class Operations:
         if isinstance(chunk_error, S3Error):
             error, refusal = chunk_error, "chunk"
         elif track.proxy_answer and resp is not None:
-            error = _own_error(resp)
+            error = _own_error(resp, flow.metadata.get(HEAD_ERROR_KEY))
             if decision is None and refusal is None:
                 refusal = "not-s3" if not hosts.is_s3_host(track.req.host) else "invalid-request"
         elif failed is not None:

@@ -105,6 +105,19 @@ PINNED = {
     # addons/s3proxy_addon.py install_stale_connection_replay:
     "HttpStream.handle_protocol_error": (http_layers.HttpStream.handle_protocol_error, "59fc3b2eeeabf63a"),
     "HttpStream.make_server_connection": (http_layers.HttpStream.make_server_connection, "ddc7bc72f4d2fbc7"),
+    # addons/s3proxy_addon.py install_early_refusal wraps the first and, after it, does what the second does
+    # at the end of a body; a request's events reach `client_state`; send_response answers at once:
+    "HttpStream.state_wait_for_request_headers": (
+        http_layers.HttpStream.state_wait_for_request_headers,
+        "3706d5d5ce01dcd4",
+    ),
+    "HttpStream.state_consume_request_body": (
+        http_layers.HttpStream.state_consume_request_body,
+        "45459c1bbd8bdb1a",
+    ),
+    "HttpStream._handle_event": (http_layers.HttpStream._handle_event, "e3cbfef7310ae81f"),
+    "HttpStream.send_response": (http_layers.HttpStream.send_response, "d581bc106152e369"),
+    "HttpStream.flow_done": (http_layers.HttpStream.flow_done, "ad9969744785c572"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
     # s3proxy/reuse.py (endpoint connections across client connections) copies or relies on these
     # (inspect.getsource follows __wrapped__ to mitmproxy's own code once the glue is installed):
@@ -174,6 +187,16 @@ def test_mitmproxy_still_names_a_connection_closed_before_the_response_as_replay
     assert '"server closed connection"' in inspect.getsource(_http1.Http1Client.read_headers)
     install_stale_connection_replay()
     assert http_layers.HttpStream.handle_protocol_error.__wrapped__ is not None  # type: ignore[attr-defined]
+
+
+def test_early_refusal_wraps_mitmproxy_once() -> None:
+    from addons.s3proxy_addon import install_early_refusal
+
+    install_early_refusal()
+    wrapper = http_layers.HttpStream.state_wait_for_request_headers
+    install_early_refusal()
+    assert http_layers.HttpStream.state_wait_for_request_headers is wrapper
+    assert wrapper.__wrapped__ is not None  # type: ignore[attr-defined]
 
 
 def test_mitmproxy_still_reads_the_size_wider_reads_widens() -> None:
