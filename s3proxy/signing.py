@@ -19,6 +19,10 @@ proxy-identity — the proxy signs as itself (botocore's credential chain). Clie
   Anonymous requests from admitted clients are signed too: a client run with `--no-sign-request` is the very
   case this mode exists for. The client's session token is replaced by the proxy's, or removed.
 
+In both modes `expect` is left out of the signed-header set sent upstream (`_upstream_signed`), after the
+client's signature was verified with it: the proxy answers `Expect: 100-continue` itself and mitmproxy
+removes the header, so S3 would find it signed but missing.
+
 Presigned URLs keep `X-Amz-Date` and `X-Amz-Expires`, so re-signing never extends their validity. An
 expired URL is not refused here: S3 decides with its own clock (the proxy's may be off, and S3's
 `AccessDenied: Request has expired` is the answer clients know). Clock skew of header-signed requests is
@@ -424,6 +428,7 @@ def _resign_header(req: Request, target: Target, signer: Signer, value: str) -> 
         headers = replace_header(headers, "X-Amz-Security-Token", creds.session_token)
         signed = _with_token_signed(signed, creds.session_token is not None)
         how = f"proxy identity {access_key} (incoming signature not verified)"
+    signed = _upstream_signed(signed)
     new_key = sigv4.signing_key(secret, auth.date, region, auth.service)
     new_sig = _header_signature(
         req.method, target.path, target.query, headers, signed, payload, amz_date, new_scope, new_key
@@ -448,6 +453,11 @@ def _resign_header(req: Request, target: Target, signer: Signer, value: str) -> 
     if region != auth.region:
         note += f"; region {auth.region} -> {region}"
     return SignOutcome("resigned", headers, target.query, note=note, chunk=chunk)
+
+
+def _upstream_signed(signed: tuple[str, ...]) -> tuple[str, ...]:
+    """The signed-header set without `expect`, which never reaches S3 (the proxy answers 100-continue)."""
+    return tuple(name for name in signed if name.lower() != "expect")
 
 
 def _with_token_signed(signed: tuple[str, ...], has_token: bool) -> tuple[str, ...]:
@@ -531,6 +541,9 @@ def _resign_presigned(req: Request, target: Target, signer: Signer, params: dict
         how = f"proxy identity {access_key} (incoming signature not verified)"
     if access_key != auth.access_key or region != auth.region:
         changes["X-Amz-Credential"] = f"{access_key}/{new_scope}"
+    signed = _upstream_signed(auth.signed_headers)
+    if signed != auth.signed_headers:
+        changes["X-Amz-SignedHeaders"] = ";".join(signed)
     query = _edit_query(target.query, changes) if changes else target.query
     headers = replace_header(req.headers, "Host", target.host)
     new_key = sigv4.signing_key(secret, auth.credential.date, region, auth.service)
@@ -538,8 +551,8 @@ def _resign_presigned(req: Request, target: Target, signer: Signer, params: dict
         req.method,
         sigv4.canonical_uri(target.path),
         sigv4.canonical_query(query, exclude=exclude),
-        sigv4.canonical_headers(headers, auth.signed_headers),
-        auth.signed_headers_line,
+        sigv4.canonical_headers(headers, signed),
+        ";".join(signed),
         payload,
     )
     new_sig = sigv4.sign(canonical, auth.amz_date, new_scope, new_key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import botocore.session
 import pytest
 from botocore import UNSIGNED
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4QueryAuth, SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
@@ -487,6 +488,119 @@ def test_unsigned_trailer_has_no_chunk_seed() -> None:
         request_of("PUT", sent.url, sent.headers), Target("h", "/b/k", "", False, "us-east-1"), KEYRING, NOW
     )
     assert out.action == "resigned" and out.chunk is None
+
+
+# -- `expect` signed by the client: verified as sent, left out of the upstream signature -----------------
+# mitmproxy answers `Expect: 100-continue` itself and removes the header, so upstream never receives it.
+
+# botocore leaves `expect` unsigned; hand-written and third-party signers often sign it.
+_SIGN_EXPECT = ["user-agent", "x-amzn-trace-id"]
+_PUT_URL = "https://my-bucket.s3.amazonaws.com/k"
+_PUT_HEADERS = {
+    "Expect": "100-continue",
+    "Content-Length": "5",
+    "X-Amz-Content-SHA256": hashlib.sha256(b"hello").hexdigest(),
+}
+
+
+def _botocore_put(
+    url: str, headers: dict[str, str], creds: Credentials = CLIENT, *, sign_expect: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """Headers (Host first) of a PUT to `url` signed by botocore's generic SigV4 signer at the frozen time;
+    `sign_expect` signs the Expect header too."""
+    request = AWSRequest("PUT", url, headers=headers)
+    auth = SigV4Auth(BotoCredentials(creds.access_key_id, creds.secret_access_key), "s3", "us-east-1")
+    blacklist = _SIGN_EXPECT if sign_expect else [*_SIGN_EXPECT, "expect"]
+    with (
+        mock.patch("botocore.auth.get_current_datetime", return_value=FROZEN),
+        mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", blacklist),
+    ):
+        auth.add_auth(request)
+    return (("Host", urlsplit(url).netloc), *((k, str(v)) for k, v in request.headers.items()))
+
+
+def _signed_headers(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return sigv4.parse_authorization(header(headers, "Authorization") or "").signed_headers
+
+
+@pytest.mark.parametrize("identity", [False, True], ids=["keyring", "proxy-identity"])
+def test_signed_expect_is_verified_then_left_unsigned_upstream(identity: bool) -> None:
+    sent = _botocore_put(_PUT_URL, _PUT_HEADERS, sign_expect=True)
+    assert "expect" in _signed_headers(sent)
+    proxy = dataclasses.replace(PROXY, session_token=None)
+    signer: Keyring | ProxyIdentity = ProxyIdentity(lambda: proxy) if identity else KEYRING
+    # What botocore signs for the vpce name, Expect sent but not signed: valid with or without the header.
+    url = f"{vpce()}/my-bucket/k"
+    want = _botocore_put(url, _PUT_HEADERS, proxy if identity else CLIENT)
+    assert "expect" not in _signed_headers(want)
+    out = resign(request_of("PUT", _PUT_URL, sent[1:]), target_of(url, "us-east-1"), signer, NOW)
+    assert out.action == "resigned", out.note
+    assert header(out.headers, "Authorization") == header(want, "Authorization")
+    assert "expect" not in _signed_headers(out.headers)
+    # The upstream request, its Expect header removed (as mitmproxy does), verifies.
+    upstream = [(k, v) for k, v in out.headers if k.lower() != "expect"]
+    checker = Keyring([proxy if identity else CLIENT])
+    again = resign(
+        Request("PUT", "https", urlsplit(url).netloc, None, "/my-bucket/k", "", tuple(upstream)),
+        target_of(url, "us-east-1"),
+        checker,
+        NOW,
+    )
+    assert again.action == "resigned", again.note
+
+
+def test_signed_expect_is_still_verified() -> None:
+    sent = request_of("PUT", _PUT_URL, _botocore_put(_PUT_URL, _PUT_HEADERS, sign_expect=True)[1:])
+    target = target_of(f"{vpce()}/my-bucket/k", "us-east-1")
+    assert resign(sent, target, KEYRING, NOW).action == "resigned"
+    for value in ("100-Continue", None):
+        out = resign(_with(sent, "Expect", value), target, KEYRING, NOW)
+        assert out.error is not None and out.error.code == "SignatureDoesNotMatch", value
+
+
+def _botocore_presign(url: str, headers: dict[str, str], *, sign_expect: bool = False) -> str:
+    """A PUT URL presigned by botocore at the frozen time for a request sending `headers`."""
+    request = AWSRequest("PUT", url, headers=headers)
+    auth = S3SigV4QueryAuth(BotoCredentials(AKID, SECRET), "s3", "us-east-1", expires=900)
+    blacklist = _SIGN_EXPECT if sign_expect else [*_SIGN_EXPECT, "expect"]
+    with (
+        mock.patch("botocore.auth.get_current_datetime", return_value=FROZEN),
+        mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", blacklist),
+    ):
+        auth.add_auth(request)
+    return str(request.url)
+
+
+def test_presigned_with_signed_expect_is_left_unsigned_upstream() -> None:
+    expect = {"Expect": "100-continue"}
+    url = _botocore_presign(_PUT_URL, expect, sign_expect=True)
+    assert sigv4.decoded_query(urlsplit(url).query)["X-Amz-SignedHeaders"] == "expect;host"
+    want = _botocore_presign(f"{vpce()}/my-bucket/k", expect)
+    assert sigv4.decoded_query(urlsplit(want).query)["X-Amz-SignedHeaders"] == "host"
+    req = request_of("PUT", url, tuple(expect.items()))
+    out = resign(req, target_of(want, "us-east-1"), KEYRING, NOW)
+    assert out.action == "resigned", out.note
+    assert out.query == urlsplit(want).query
+    # Verified with `expect`: the URL without its Expect header is refused.
+    assert resign(_with(req, "Expect", None), target_of(want, "us-east-1"), KEYRING, NOW).action == "refused"
+
+
+def test_chunk_seed_with_signed_expect_is_left_unsigned_upstream() -> None:
+    expect = (("Expect", "100-continue"),)
+    with mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", _SIGN_EXPECT):
+        seed = _botocore_seed(
+            "s3.amazonaws.com", "/examplebucket/chunkObject.txt", "us-east-1", (*EXAMPLE_HEADERS, *expect)
+        )
+    host = "bucket.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"
+    req = _example_request(seed, extra=expect)
+    assert "expect" in _signed_headers(req.headers)
+    out = resign(req, Target(host, "/examplebucket/chunkObject.txt", "", False, "us-east-1"), KEYRING, NOW)
+    assert out.action == "resigned", out.note
+    assert out.chunk is not None and out.chunk.old_seed_signature == seed
+    want = _botocore_seed(host, "/examplebucket/chunkObject.txt", "us-east-1", EXAMPLE_HEADERS)
+    assert out.chunk.new_seed_signature == want
+    assert "expect" not in _signed_headers(out.headers)
+    assert header(out.headers, "Authorization").endswith(f"Signature={want}")  # type: ignore[union-attr]
 
 
 # -- forwarded unchanged ---------------------------------------------------------------------------------

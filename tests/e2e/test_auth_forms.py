@@ -8,6 +8,7 @@ What each test proves, end to end:
 - aws-chunked uploads with signed chunks (with and without trailer, plain http:// and CONNECT+TLS) store
   exactly the payload, and a tampered chunk makes the upload fail with nothing stored;
 - session tokens are kept (and stay signed); anonymous requests are forwarded unchanged; SigV4A is refused;
+- a signed `Expect` header is verified, then left out of the upstream signature (upstream never gets it);
 - after every test, everything the upstream saw carried a vpce Host/SNI and no X-Forwarded-* header.
 """
 
@@ -19,8 +20,10 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 from urllib.parse import parse_qsl, urlsplit
 
+import botocore.auth
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -420,4 +423,38 @@ def test_sigv4a_is_refused_locally(proxy: ProxyProcess, s3_backend: S3Backend, f
     assert err["Code"] == "InvalidRequest"
     assert "SigV4A" in err["Message"]
     assert reply.header("x-amz-request-id") == err["RequestId"]
+    assert s3_backend.upstream_requests(mark) == []
+
+
+# --- Expect signed by the client ----------------------------------------------------------------------------
+
+
+def test_signed_expect_header_is_verified_and_left_unsigned_upstream(
+    proxy: ProxyProcess, s3_backend: S3Backend
+) -> None:
+    """A signer that signs `Expect: 100-continue` (botocore does not; hand-written ones do): the proxy answers
+    100-continue itself and mitmproxy drops the header, so upstream gets a signature without `expect`."""
+    key = "expect-signed/object.bin"
+    url = f"https://{BUCKET}.s3.amazonaws.com/{key}"
+    body = os.urandom(100_000)
+    with mock.patch.object(botocore.auth, "SIGNED_HEADERS_BLACKLIST", ["user-agent", "x-amzn-trace-id"]):
+        headers = sigv4_sign(
+            ADMIN, "PUT", url, {"Expect": "100-continue", "Content-Length": str(len(body))}, body
+        )
+    assert "expect;" in dict(headers)["Authorization"]
+    mark = s3_backend.mark()
+    reply = send(proxy, "PUT", url, headers, body)
+    assert reply.status == 200, reply.body
+    assert s3_backend.object_sha256(BUCKET, key) == sha(body)
+    (up,) = s3_backend.upstream_requests(mark)
+    assert up.header("expect") is None
+    assert "expect" not in (up.header("authorization") or "").split("SignedHeaders=")[1].split(",")[0].split(
+        ";"
+    )
+
+    # `expect` is still verified: the same request with another Expect value is refused by the proxy.
+    forged = [(k, "100-Continue" if k.lower() == "expect" else v) for k, v in headers]
+    mark = s3_backend.mark()
+    reply = send(proxy, "PUT", url, forged, body)
+    assert (reply.status, reply.error()["Code"]) == (403, "SignatureDoesNotMatch")
     assert s3_backend.upstream_requests(mark) == []
