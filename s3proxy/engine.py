@@ -20,7 +20,7 @@ from s3proxy.errors import S3Error
 from s3proxy.hosts import classify_host
 from s3proxy.model import Headers, Request, replace_header
 from s3proxy.policy import PolicyDecision, access_key_of, check_request, denial_message
-from s3proxy.rewrite import Plan, plan
+from s3proxy.rewrite import Plan, credential_scope_region, plan
 from s3proxy.signing import Signer, SignOutcome, Target, resign
 
 Action = Literal["forward", "reject", "passthrough"]
@@ -119,6 +119,17 @@ class Engine:
             )
             return self._policy(req, d, now)
         assert p.endpoint is not None and p.upstream_host is not None and p.region is not None
+        scope = credential_scope_region(req) if p.region_source == "host" else None
+        if scope is not None and scope != p.region:
+            return Decision(
+                "reject",
+                p,
+                error=_wrong_region(req, scope, p.region),
+                method=req.method,
+                signing="refused",
+                signing_note=f"signed for {scope}, but {req.host} is in {p.region}",
+                endpoint=p.endpoint,
+            )
         target = Target(
             host=p.upstream_host,
             path=p.upstream_path,
@@ -207,6 +218,24 @@ class Engine:
                 f" (statement {pd.sid!r})" if pd.sid else "",
             )
         return d
+
+
+def _wrong_region(req: Request, scope: str, region: str) -> S3Error:
+    """S3's answer to a request signed for another region than its regional host names. The <Region>
+    element is what SDKs (botocore's region redirector) re-sign with."""
+    if req.header("authorization") is not None:
+        return S3Error(
+            400,
+            "AuthorizationHeaderMalformed",
+            f"The authorization header is malformed; the region '{scope}' is wrong; expecting '{region}'",
+            region=region,
+        )
+    return S3Error(
+        400,
+        "AuthorizationQueryParametersError",
+        f"Error parsing the X-Amz-Credential parameter; the region '{scope}' is wrong; expecting '{region}'",
+        region=region,
+    )
 
 
 def _forwardable(headers: Headers) -> Headers:

@@ -17,15 +17,18 @@ class S3Error(Exception):
     Messages must never contain a secret or a signature.
     """
 
-    def __init__(self, status: int, code: str, message: str, resource: str = "") -> None:
+    def __init__(
+        self, status: int, code: str, message: str, resource: str = "", region: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.resource = resource
+        self.region = region  # S3's <Region> element: the region to sign for (SDKs re-sign with it)
 
     def with_resource(self, resource: str) -> S3Error:
-        return S3Error(self.status, self.code, self.message, resource)
+        return S3Error(self.status, self.code, self.message, resource, self.region)
 
 
 def new_request_id() -> str:
@@ -38,7 +41,8 @@ def error_xml(error: S3Error, request_id: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{escape(error.code)}</Code><Message>{escape(error.message)}</Message>"
-        f"<Resource>{escape(error.resource)}</Resource><RequestId>{escape(request_id)}</RequestId>"
+        + (f"<Region>{escape(error.region)}</Region>" if error.region else "")
+        + f"<Resource>{escape(error.resource)}</Resource><RequestId>{escape(request_id)}</RequestId>"
         "</Error>"
     ).encode()
 

@@ -404,3 +404,12 @@ def test_parse_presigned_only_raises_s3error(query: str) -> None:
         sigv4.parse_presigned(query)
     except S3Error as exc:
         assert exc.status == 400
+
+
+def test_error_document_names_the_region_to_sign_for_when_given() -> None:
+    from s3proxy.errors import error_xml
+
+    with_region = S3Error(400, "AuthorizationHeaderMalformed", "wrong region", region="us-east-1")
+    body = error_xml(with_region.with_resource("/b/k"), "ID").decode()
+    assert "<Message>wrong region</Message><Region>us-east-1</Region><Resource>/b/k</Resource>" in body
+    assert "<Region>" not in error_xml(S3Error(403, "AccessDenied", "no"), "ID").decode()

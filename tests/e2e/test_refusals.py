@@ -184,6 +184,15 @@ _ACC_DS = f"https://{BUCKET}.s3-accelerate.dualstack.amazonaws.com/ok"
 _NO_EP = f"https://{BUCKET}.s3.ap-south-1.amazonaws.com/ok"
 _NO_EP_PATH = f"https://s3.ap-south-1.amazonaws.com/{BUCKET}/ok"
 _NO_EP_DASH = f"https://s3-ap-south-1.amazonaws.com/{BUCKET}/ok"
+_REGIONAL = f"https://{BUCKET}.s3.us-east-1.amazonaws.com/ok"
+_REGIONAL_PATH = f"https://s3.us-east-1.amazonaws.com/{BUCKET}/ok"
+
+
+def presigned_for_other_region() -> str:
+    """A presigned URL signed for eu-west-1, sent to the us-east-1 host."""
+    url = boto_presign(ADMIN, "GET", BUCKET, "ok", region="eu-west-1", addressing_style="path")
+    return url.replace("://s3.eu-west-1.amazonaws.com/", "://s3.us-east-1.amazonaws.com/")
+
 
 HOST_REFUSALS = [
     # Correctly signed (for the host the client used), refused for where they point.
@@ -226,6 +235,31 @@ HOST_REFUSALS = [
         "ap-south-1",
         id="no-endpoint-legacy-dash",
     ),
+    # Signed for another region than the regional host names: what S3 answers (SDKs re-sign with <Region>).
+    pytest.param(
+        _REGIONAL,
+        signed(ADMIN, _REGIONAL, region="eu-west-1"),
+        400,
+        "AuthorizationHeaderMalformed",
+        "the region 'eu-west-1' is wrong; expecting 'us-east-1'",
+        id="scope-region-not-the-hosts",
+    ),
+    pytest.param(
+        _REGIONAL_PATH,
+        signed(ADMIN, _REGIONAL_PATH, region="us-west-2"),
+        400,
+        "AuthorizationHeaderMalformed",
+        "the region 'us-west-2' is wrong; expecting 'us-east-1'",
+        id="scope-region-not-the-hosts-path",
+    ),
+    pytest.param(
+        presigned_for_other_region,
+        raw(("Host", "s3.us-east-1.amazonaws.com")),
+        400,
+        "AuthorizationQueryParametersError",
+        "the region 'eu-west-1' is wrong; expecting 'us-east-1'",
+        id="scope-region-not-the-hosts-presigned",
+    ),
 ]
 
 
@@ -244,6 +278,8 @@ def test_refused_locally_with_s3_error_and_nothing_forwarded(
     reply = send(proxy, "GET", target, headers())
     err = assert_s3_error(reply, status, code)
     assert says in err["Message"]
+    if "region" in says:
+        assert err["Region"] == "us-east-1"  # what SDKs re-sign with
     # Never a secret or a signature in an error.
     assert ADMIN.secret_access_key not in reply.body.decode()
     assert not re.search(r"[0-9a-f]{64}", err["Message"])
@@ -277,6 +313,20 @@ def test_boto3_user_sees_the_s3_error(
     assert proxy.boto3_client(region="us-east-1").get_object(Bucket=BUCKET, Key="ok")["Body"].read() == (
         b"still serving"
     )
+
+
+def test_boto3_signing_for_another_region_than_its_endpoint_follows_the_region_s3_names(
+    proxy: ProxyProcess, s3_backend: S3Backend
+) -> None:
+    # An application pinned to the us-east-1 endpoint but configured with eu-west-1: S3 answers 400
+    # AuthorizationHeaderMalformed naming us-east-1, and botocore signs again for it. The proxy answers
+    # the same (the cases above), so such an application keeps working through it, as it does without.
+    s3 = proxy.boto3_client(region="eu-west-1", endpoint_url="https://s3.us-east-1.amazonaws.com")
+    mark = s3_backend.mark()
+    assert s3.get_object(Bucket=BUCKET, Key="ok")["Body"].read() == b"still serving"
+    forwarded = s3_backend.upstream_requests(mark)
+    assert len(forwarded) == 1
+    assert "/us-east-1/s3/aws4_request" in (forwarded[0].header("authorization") or "")
 
 
 @pytest.mark.parametrize(
