@@ -593,6 +593,25 @@ class S3Proxy:
 
     # -- requests ---------------------------------------------------------------------------------------
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # While this hook waits (a proxy password's hash, a DNS lookup, region discovery), mitmproxy goes on
+        # reading the client and queues every piece of a body in memory until the hook returns: so the
+        # client is not read meanwhile. Then a refused body is dropped as it comes (install_early_refusal),
+        # and an accepted one streams.
+        h = flow.request.headers
+        body_expected = h.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in h
+        transport = self._client_transport(flow) if body_expected else None
+        paused: asyncio.ReadTransport | None = None  # only one reading now (asyncio resumes what it paused)
+        if isinstance(transport, asyncio.ReadTransport) and transport.is_reading():
+            paused = None if transport.is_closing() else transport
+        if paused is not None:
+            paused.pause_reading()
+        try:
+            await self._requestheaders(flow)
+        finally:
+            if paused is not None and not paused.is_closing():
+                paused.resume_reading()
+
+    async def _requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.engine is None or self.resolver is None or self.config is None or flow.response:
             return
         if flow.error:  # mitmproxy refused the request head itself (smuggling checks): it answers

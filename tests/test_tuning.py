@@ -118,6 +118,10 @@ PINNED = {
     "HttpStream._handle_event": (http_layers.HttpStream._handle_event, "e3cbfef7310ae81f"),
     "HttpStream.send_response": (http_layers.HttpStream.send_response, "d581bc106152e369"),
     "HttpStream.flow_done": (http_layers.HttpStream.flow_done, "ad9969744785c572"),
+    "HttpStream.check_killed": (http_layers.HttpStream.check_killed, "368cad352d1e82b6"),
+    # ... and the connection closes once the request has ended, for the answer's `Connection: close`
+    # (Http1Connection.mark_done, pinned below), after Http1Server.send has sent the answer at once:
+    "Http1Server.send": (_http1.Http1Server.send, "cc218a1337c0f5cf"),
     "Connection._raise_ssl_error": (SSL.Connection._raise_ssl_error, "04b0d7964c73ea9e"),
     # s3proxy/reuse.py (endpoint connections across client connections) copies or relies on these
     # (inspect.getsource follows __wrapped__ to mitmproxy's own code once the glue is installed):

@@ -12,9 +12,11 @@ import dataclasses
 import http.client
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,11 +55,11 @@ def tunnel(proxy: ProxyProcess) -> ssl.SSLSocket:
     return client_context(proxy.ca_cert).wrap_socket(sock, server_hostname=HOST)
 
 
-def refused_put_head(size: int, extra: dict[str, str] | None = None) -> bytes:
-    """The head of a PUT of `size` bytes signed with the wrong secret: refused at its head."""
+def refused_put_head(size: int, extra: dict[str, str] | None = None, key: Any = WRONG) -> bytes:
+    """The head of a PUT of `size` bytes signed with `key` (the wrong secret: refused at its head)."""
     url = f"https://{HOST}/refused"
     headers = {"Content-Length": str(size), **(extra or {})}
-    signed = sigv4_sign(WRONG, "PUT", url, headers, payload="UNSIGNED-PAYLOAD")
+    signed = sigv4_sign(key, "PUT", url, headers, payload="UNSIGNED-PAYLOAD")
     lines = ["PUT /refused HTTP/1.1", *(f"{k}: {v}" for k, v in signed)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -171,3 +173,71 @@ def test_refused_head_has_no_body_and_the_connection_goes_on(proxy: ProxyProcess
                 assert int(resp.getheader("content-length") or 0) > 0  # the size a GET's error would have
     finally:
         conn.close()
+
+
+def test_body_is_not_read_while_the_proxy_waits_for_dns(
+    proxy_factory: Callable[..., ProxyProcess], s3_backend: S3Backend
+) -> None:
+    # The endpoint's name server never answers: the request waits in the proxy for the DNS timeout, then is
+    # refused (503). Meanwhile the client sends its whole body at once; the proxy must not read it into
+    # memory while it waits (mitmproxy queues what it reads during a hook), and drops it after the answer.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        proxy = proxy_factory(
+            {"dns": {"nameservers": [f"127.0.0.1:{silent.getsockname()[1]}"], "timeout": 1.5}}
+        )
+        size = 256 * MIB
+        before = peak = rss_mib(proxy.proc.pid)
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, rss_mib(proxy.proc.pid))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        chunk = b"x" * MIB
+        with tunnel(proxy) as sock:
+            sock.settimeout(30)
+            sock.sendall(refused_put_head(size, key=ADMIN))  # correctly signed: refused for DNS only
+            for _ in range(size // MIB):
+                sock.sendall(chunk)
+            status, headers, rest = read_head(sock)
+            assert status == 503, (status, headers)
+            assert b"ServiceUnavailable" in read_body(sock, rest, int(headers["content-length"]))
+        done.set()
+        watcher.join()
+        assert peak - before < 64, f"proxy memory grew by {peak - before:.0f} MiB while DNS was failing"
+    finally:
+        silent.close()
+
+
+def test_refused_chunked_upload_is_answered_at_once_and_closed_at_its_end(proxy: ProxyProcess) -> None:
+    url = f"https://{HOST}/refused"
+    signed = sigv4_sign(WRONG, "PUT", url, {"Transfer-Encoding": "chunked"}, payload="UNSIGNED-PAYLOAD")
+    head = "\r\n".join(["PUT /refused HTTP/1.1", *(f"{k}: {v}" for k, v in signed)]) + "\r\n\r\n"
+    with tunnel(proxy) as sock:
+        sock.sendall(head.encode())
+        sock.settimeout(5)
+        status, headers, rest = read_head(sock)
+        assert (status, headers["connection"]) == (403, "close")
+        read_body(sock, rest, int(headers["content-length"]))
+        for _ in range(8):
+            sock.sendall(b"100000\r\n" + b"x" * 0x100000 + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        assert sock.recv(65536) == b""  # the request has ended: the proxy closes
+    assert_still_serving(proxy)
+
+
+def test_client_gone_mid_body_after_the_answer(proxy: ProxyProcess) -> None:
+    for _ in range(3):
+        sock = tunnel(proxy)
+        sock.sendall(refused_put_head(64 * MIB))
+        sock.settimeout(5)
+        assert read_head(sock)[0] == 403
+        sock.sendall(b"x" * MIB)
+        sock.close()  # without the rest of the body
+    assert_still_serving(proxy)
+    assert "Traceback" not in proxy.logs()
