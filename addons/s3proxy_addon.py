@@ -245,6 +245,47 @@ def install_early_refusal() -> None:
     stream_cls.state_wait_for_request_headers = state_wait_for_request_headers  # type: ignore[method-assign]
 
 
+def install_trailer_protocol_error() -> None:
+    """A chunked body with HTTP trailers makes mitmproxy raise NotImplementedError ("mitmproxy has
+    crashed!" in the log) and leaves the connection hanging until its idle timeout, the upload neither
+    finished nor failed. Here it is what mitmproxy makes of any other malformed chunked body: an HTTP/1
+    protocol error that closes the connection (and aborts the request upstream, so nothing is stored).
+    S3 takes no HTTP trailers (SDKs send checksums as aws-chunked trailers inside the body).
+    tests/test_tuning.py pins the mitmproxy code this relies on."""
+    from mitmproxy.proxy import commands as proxy_commands
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._base import ReceiveHttp
+
+    cls = _http1.Http1Connection
+    original = cls.read_body
+    if getattr(original, "_s3proxy", False):
+        return
+
+    def read_body(self: Any, event: Any) -> Any:
+        commands = original(self, event)
+        reply = None
+        while True:
+            try:
+                command = commands.send(reply)
+            except StopIteration:
+                return
+            except NotImplementedError as e:  # only "HTTP trailers are not implemented yet."
+                yield proxy_commands.CloseConnection(self.conn)
+                yield ReceiveHttp(
+                    self.ReceiveProtocolError(
+                        self.stream_id,
+                        f"HTTP/1 protocol error: {e} (s3proxy does not carry HTTP trailers)",
+                        code=self.ReceiveProtocolError.code,
+                    )
+                )
+                return
+            reply = yield command
+
+    read_body._s3proxy = True  # type: ignore[attr-defined]
+    read_body.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.read_body = read_body  # type: ignore[method-assign]
+
+
 def is_local_address(address: str) -> bool:
     """True if `address` belongs to this host: binding a socket to it succeeds only then (nothing is sent)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -451,6 +492,7 @@ class S3Proxy:
         install_s3_protocol_errors()
         install_stale_connection_replay()
         install_early_refusal()
+        install_trailer_protocol_error()
         install_header_limit(_max_header_bytes)
         reuse.install()
         shared = reuse.REUSE

@@ -348,15 +348,16 @@ def direct_bodies() -> None:
     from mitmproxy.proxy.layers.http import _http1
     from mitmproxy.proxy.layers.http._base import ReceiveHttp
 
-    original = _http1.Http1Connection._handle_event
-    read_body = _http1.Http1Connection.read_body
+    cls = _http1.Http1Connection
+    original = cls._handle_event
 
     def _handle_event(self: Any, event: Any) -> Any:
         reader = getattr(self, "body_reader", None)
         if (
             type(event) is events.DataReceived
             and type(reader) is ContentLengthReader
-            and getattr(self.state, "__func__", None) is read_body
+            # read_body as it is now: the addon wraps it (install_trailer_protocol_error)
+            and getattr(self.state, "__func__", None) is cls.read_body
             and not self.buf
             and type(event.data) is bytes
             and 0 < len(event.data) <= reader._remaining
@@ -366,7 +367,7 @@ def direct_bodies() -> None:
             yield ReceiveHttp(self.ReceiveData(self.stream_id, event.data))
             if reader._remaining == 0:
                 # The reader now answers EndOfMessage from the empty buffer: mitmproxy's own ending.
-                yield from read_body(self, events.DataReceived(self.conn, b""))
+                yield from self.read_body(events.DataReceived(self.conn, b""))
             return
         yield from original(self, event)
 

@@ -59,6 +59,7 @@ PINNED = {
         tuning.ORIGINALS["mitmproxy.proxy.layers.http._http1.Http1Connection._handle_event"],
         "2ac8db3e43ae743f",
     ),
+    # (also addons/s3proxy_addon.py install_trailer_protocol_error: its NotImplementedError for trailers)
     "Http1Connection.read_body": (_http1.Http1Connection.read_body, "aece271029af36e4"),
     "ContentLengthReader.__call__": (h11._readers.ContentLengthReader.__call__, "83205782bcb1dcf6"),
     "MessageData.__post_init__": (
@@ -766,6 +767,13 @@ def test_the_direct_path_is_taken_for_content_length_bodies(monkeypatch: pytest.
     shape = _run_server(_http1.Http1Server, reads, close=False)
     assert b"".join(d for k, d in shape if k == "RequestData") == body
     assert calls == [0, 0]  # the head's read (empty buffer), then the end of the message
+
+
+def test_the_direct_path_is_still_taken_with_the_trailer_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from addons.s3proxy_addon import install_trailer_protocol_error
+
+    install_trailer_protocol_error()  # wraps Http1Connection.read_body, which the direct path compares with
+    test_the_direct_path_is_taken_for_content_length_bodies(monkeypatch)
 
 
 def _run_client(cls: type[_http1.Http1Client], method: str, reads: list[bytes]) -> list[tuple[str, bytes]]:

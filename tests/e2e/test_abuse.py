@@ -8,6 +8,7 @@ that the proxy keeps serving. docs/security.md names these tests threat by threa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -552,3 +553,24 @@ def test_endpoint_with_an_untrusted_certificate_gets_no_request(
     assert reply.status == 503, reply
     assert reply.error()["Code"] == "ServiceUnavailable"
     assert s3_backend.upstream_requests(mark) == []
+
+
+def test_chunked_body_with_http_trailers_ends_the_connection_and_stores_nothing(
+    strict: ProxyProcess, s3_backend: S3Backend
+) -> None:
+    # mitmproxy has no HTTP trailers: it used to crash on them and leave the connection hanging until its
+    # idle timeout. Now it is a protocol error like a malformed chunk: connection closed, nothing stored.
+    url = f"https://{HOST}/with-trailers"
+    head = signed_head("PUT", url, [("Transfer-Encoding", "chunked")])
+    sock, refused = connect(strict, f"{HOST}:443")
+    assert refused is None, refused
+    ctx = ssl.create_default_context(cafile=str(strict.ca_cert))
+    with sock, ctx.wrap_socket(sock, server_hostname=HOST) as tls:
+        tls.settimeout(5)  # well before the idle timeout
+        tls.sendall(head + b"5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n")
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while tls.recv(65536):
+                pass
+    assert s3_backend.object_sha256(BUCKET, "with-trailers") is None
+    assert "has crashed" not in strict.logs()
+    good_get(strict)
