@@ -58,7 +58,7 @@ HEAD_ERROR_KEY = "s3proxy_head_error"  # flow.metadata: the error body a HEAD's 
 def error_response(error: S3Error, extra: list[tuple[str, str]] | None = None) -> http.Response:
     request_id = new_request_id()
     body = error_xml(error, request_id)
-    headers = error_headers(request_id, len(body)) + (extra or [])
+    headers = error_headers(request_id, len(body), error.region) + (extra or [])
     return http.Response.make(error.status, body, [(k.encode(), v.encode()) for k, v in headers])
 
 
@@ -284,6 +284,24 @@ def install_trailer_protocol_error() -> None:
     read_body._s3proxy = True  # type: ignore[attr-defined]
     read_body.__wrapped__ = original  # type: ignore[attr-defined]
     cls.read_body = read_body  # type: ignore[method-assign]
+
+
+def pause_reading(io: Any) -> asyncio.ReadTransport | None:
+    """Stop reading a connection (mitmproxy's ConnectionIO: an asyncio StreamReader and StreamWriter);
+    returns the transport to resume afterwards, or None when there is nothing to resume. If asyncio's reader
+    had paused it itself (more than its limit unread), the pause becomes ours: the reader would resume it as
+    soon as mitmproxy had drained it, and the reader pauses again by itself once resumed."""
+    transport = getattr(getattr(io, "writer", None), "transport", None)
+    if not isinstance(transport, asyncio.ReadTransport) or transport.is_closing():
+        return None
+    reader = getattr(io, "reader", None)
+    if transport.is_reading():
+        transport.pause_reading()
+    elif isinstance(reader, asyncio.StreamReader) and getattr(reader, "_paused", False):
+        reader._paused = False  # type: ignore[attr-defined]
+    else:
+        return None  # paused by something else, which resumes it
+    return transport
 
 
 def is_local_address(address: str) -> bool:
@@ -639,14 +657,13 @@ class S3Proxy:
         # reading the client and queues every piece of a body in memory until the hook returns: so the
         # client is not read meanwhile. Then a refused body is dropped as it comes (install_early_refusal),
         # and an accepted one streams.
-        h = flow.request.headers
-        body_expected = h.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in h
-        transport = self._client_transport(flow) if body_expected else None
-        paused: asyncio.ReadTransport | None = None  # only one reading now (asyncio resumes what it paused)
-        if isinstance(transport, asyncio.ReadTransport) and transport.is_reading():
-            paused = None if transport.is_closing() else transport
-        if paused is not None:
-            paused.pause_reading()
+        # (HTTP/2 has per-stream flow control, and one stream's pause would stall the whole connection.)
+        r = flow.request
+        h = r.headers
+        body_expected = not (r.is_http2 or r.is_http3) and (
+            h.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in h
+        )
+        paused = pause_reading(self._client_io(flow)) if body_expected else None
         try:
             await self._requestheaders(flow)
         finally:
@@ -883,11 +900,15 @@ class S3Proxy:
                 transport.abort()
 
     @staticmethod
-    def _client_transport(flow: http.HTTPFlow) -> asyncio.WriteTransport | None:
+    def _client_io(flow: http.HTTPFlow) -> Any:
+        """mitmproxy's ConnectionIO (reader, writer) of the flow's client connection, or None."""
         server = ctx.master.addons.get("proxyserver")
         handler = getattr(server, "connections", {}).get(flow.client_conn.id)
-        io = getattr(handler, "transports", {}).get(flow.client_conn)
-        transport = getattr(getattr(io, "writer", None), "transport", None)
+        return getattr(handler, "transports", {}).get(flow.client_conn)
+
+    @staticmethod
+    def _client_transport(flow: http.HTTPFlow) -> asyncio.WriteTransport | None:
+        transport = getattr(getattr(S3Proxy._client_io(flow), "writer", None), "transport", None)
         return transport if isinstance(transport, asyncio.WriteTransport) else None
 
     def response(self, flow: http.HTTPFlow) -> None:

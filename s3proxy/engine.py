@@ -21,7 +21,7 @@ from s3proxy.hosts import classify_host
 from s3proxy.model import Headers, Request, replace_header
 from s3proxy.policy import PolicyDecision, access_key_of, check_request, denial_message
 from s3proxy.rewrite import Plan, credential_scope_region, plan
-from s3proxy.signing import Signer, SignOutcome, Target, resign
+from s3proxy.signing import Keyring, Signer, SignOutcome, Target, resign
 
 Action = Literal["forward", "reject", "passthrough"]
 policy_log = logging.getLogger("s3proxy.policy")
@@ -119,8 +119,11 @@ class Engine:
             )
             return self._policy(req, d, now)
         assert p.endpoint is not None and p.upstream_host is not None and p.region is not None
+        # Keyring clients sign with keys S3 knows: signed for another region than the regional host names,
+        # S3 would refuse them, and so does the proxy. Proxy-identity clients may sign with anything (the
+        # proxy signs for them), so their scope's region is not held against them.
         scope = credential_scope_region(req) if p.region_source == "host" else None
-        if scope is not None and scope != p.region:
+        if scope is not None and scope != p.region and isinstance(self.signer, Keyring):
             return Decision(
                 "reject",
                 p,
@@ -222,8 +225,9 @@ class Engine:
 
 def _wrong_region(req: Request, scope: str, region: str) -> S3Error:
     """S3's answer to a request signed for another region than its regional host names. The <Region>
-    element is what SDKs (botocore's region redirector) re-sign with."""
-    if req.header("authorization") is not None:
+    element (and, for a HEAD, which has no body, the `x-amz-bucket-region` header) is what SDKs (botocore's
+    region redirector) re-sign with."""
+    if (req.header("authorization") or "").startswith("AWS4-HMAC-SHA256"):
         return S3Error(
             400,
             "AuthorizationHeaderMalformed",

@@ -47,11 +47,15 @@ def error_xml(error: S3Error, request_id: str) -> bytes:
     ).encode()
 
 
-def error_headers(request_id: str, body_length: int) -> list[tuple[str, str]]:
-    """Response headers to send with an `error_xml` body."""
-    return [
+def error_headers(request_id: str, body_length: int, region: str | None = None) -> list[tuple[str, str]]:
+    """Response headers to send with an `error_xml` body; `region`: the error's <Region>, which S3 also
+    sends as `x-amz-bucket-region` (a HEAD's answer has no body)."""
+    headers = [
         ("Content-Type", "application/xml"),
         ("Content-Length", str(body_length)),
         ("x-amz-request-id", request_id),
         ("Server", "s3proxy"),
     ]
+    if region:
+        headers.append(("x-amz-bucket-region", region))
+    return headers

@@ -18,6 +18,7 @@ import yaml
 from botocore import UNSIGNED
 from botocore.config import Config
 
+from e2e.authkit import send, sigv4_sign
 from e2e.harness import (
     SEAWEED_ONLY,
     AccessKey,
@@ -87,6 +88,17 @@ def test_unknown_client_key_is_resigned_as_proxy(identity_proxy, s3_backend, buc
     assert [o["Key"] for o in listed["Contents"]] == ["stranger/a b+c~.bin"]
     assert s3_backend.object_sha256(bucket, "stranger/a b+c~.bin") == sha256(body)
     assert_signed_as_proxy(s3_backend.upstream_requests(since), min_count=3)
+
+
+def test_client_signing_for_another_region_than_the_host_is_still_served(identity_proxy, s3_backend, bucket):
+    # With keyring, such a request is refused as S3 refuses it; here the proxy signs for the client, whose
+    # scope (a tool's default region, dummy keys) is not held against it.
+    s3_backend.direct_client().put_object(Bucket=bucket, Key="stranger/region", Body=b"served")
+    url = f"https://{bucket}.s3.us-east-1.amazonaws.com/stranger/region"
+    since = s3_backend.mark()
+    reply = send(identity_proxy, "GET", url, sigv4_sign(STRANGER, "GET", url, {}, region="eu-west-1"))
+    assert (reply.status, reply.body) == (200, b"served"), reply
+    assert_signed_as_proxy(s3_backend.upstream_requests(since))
 
 
 def test_client_session_token_is_removed(identity_proxy, s3_backend, bucket):

@@ -280,6 +280,7 @@ def test_refused_locally_with_s3_error_and_nothing_forwarded(
     assert says in err["Message"]
     if "region" in says:
         assert err["Region"] == "us-east-1"  # what SDKs re-sign with
+        assert reply.header("x-amz-bucket-region") == "us-east-1"  # the same, for a HEAD (no body)
     # Never a secret or a signature in an error.
     assert ADMIN.secret_access_key not in reply.body.decode()
     assert not re.search(r"[0-9a-f]{64}", err["Message"])
@@ -327,6 +328,12 @@ def test_boto3_signing_for_another_region_than_its_endpoint_follows_the_region_s
     forwarded = s3_backend.upstream_requests(mark)
     assert len(forwarded) == 1
     assert "/us-east-1/s3/aws4_request" in (forwarded[0].header("authorization") or "")
+    # A HEAD's refusal has no body: botocore finds the region in x-amz-bucket-region (a new client, which
+    # has not learned the bucket's region from the GET).
+    s3 = proxy.boto3_client(region="eu-west-1", endpoint_url="https://s3.us-east-1.amazonaws.com")
+    mark = s3_backend.mark()
+    assert s3.head_object(Bucket=BUCKET, Key="ok")["ContentLength"] == len(b"still serving")
+    assert len(s3_backend.upstream_requests(mark)) == 1
 
 
 @pytest.mark.parametrize(
