@@ -125,7 +125,7 @@ def install_header_limit(limit: Callable[[], int]) -> None:
 
             yield commands.SendData(self.conn, bytes(http1.assemble_response(resp)))
             yield commands.CloseConnection(self.conn)
-            self.buf.clear()
+            self.buf.maybe_extract_at_most(len(self.buf))  # drop what was held (h11's buffer has no clear)
             self.state = self.done
 
     read_headers._s3proxy = True  # type: ignore[attr-defined]
