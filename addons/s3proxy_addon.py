@@ -262,24 +262,17 @@ def install_trailer_protocol_error() -> None:
         return
 
     def read_body(self: Any, event: Any) -> Any:
-        commands = original(self, event)
-        reply = None
-        while True:
-            try:
-                command = commands.send(reply)
-            except StopIteration:
-                return
-            except NotImplementedError as e:  # only "HTTP trailers are not implemented yet."
-                yield proxy_commands.CloseConnection(self.conn)
-                yield ReceiveHttp(
-                    self.ReceiveProtocolError(
-                        self.stream_id,
-                        f"HTTP/1 protocol error: {e} (s3proxy does not carry HTTP trailers)",
-                        code=self.ReceiveProtocolError.code,
-                    )
+        try:
+            yield from original(self, event)
+        except NotImplementedError as e:  # only "HTTP trailers are not implemented yet."
+            yield proxy_commands.CloseConnection(self.conn)
+            yield ReceiveHttp(
+                self.ReceiveProtocolError(
+                    self.stream_id,
+                    f"HTTP/1 protocol error: {e} (s3proxy does not carry HTTP trailers)",
+                    code=self.ReceiveProtocolError.code,
                 )
-                return
-            reply = yield command
+            )
 
     read_body._s3proxy = True  # type: ignore[attr-defined]
     read_body.__wrapped__ = original  # type: ignore[attr-defined]
