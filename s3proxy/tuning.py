@@ -60,6 +60,16 @@ misbehaving silently. `S3PROXY_NO_TUNE=1` turns them all off, `S3PROXY_NO_TUNE=n
   between them does not separate them, any other command writes what is held first, and so does the end of
   each event, so nothing waits for a hook or a later event. Datagram connections keep one write per
   SendData; a write that fails is logged as mitmproxy logs it ("mitmproxy has crashed!").
+- `tunnel_shortcut` (part of inline_hooks' server_event): in regular mode every event of a CONNECT tunnel
+  enters at the connection's root and goes down through the layers that carried the CONNECT (the mode
+  layer, the outer HTTP layer and, for the client's bytes, its HTTP/1 server in pipe state) to the
+  CONNECT's stream, which hands it to the tunnel's own layers unchanged; every command climbs back up the
+  same way, a SendData for the client turned into an HTTP event and back into the same SendData. Once the
+  tunnel is a pipe, s3proxy hands those events to the tunnel's layers directly and passes their commands on
+  as the outer layers would (an empty write for the client dropped, a close of the client through the
+  outer HTTP/1 server, a server half-close made a close, a new server connection entered in the outer
+  routing table); the client's close and any event the outer layers would treat otherwise take
+  mitmproxy's path.
 - `fast_hooks`: mitmproxy dispatches each hook by walking every addon (and its children) inside a
   context manager, recomputing the hook's arguments per addon, then does the same for an `update` hook
   no s3proxy addon implements; s3proxy dispatches to a cached list of the addons that implement the hook,
@@ -524,11 +534,138 @@ def cached_hook_args() -> None:
     _once(hooks.Hook, "args", args)
 
 
+def _layer_route(handler: Any, event: Any) -> Any:
+    """mitmproxy's own routing: every event enters the connection's root layer."""
+    return handler.layer.handle_event(event)
+
+
+def _tunnel_router() -> Callable[[Any, Any], Any]:
+    """`tunnel_shortcut`: how inline_hooks' server_event hands an event to a connection's layers.
+
+    In regular mode every event of a CONNECT tunnel goes down through the layers that carried the CONNECT
+    (the HttpProxy mode layer, a NextLayer, the outer HttpLayer, and for the client's bytes its HTTP/1
+    server in pipe state) to the CONNECT's HttpStream, which hands it to the tunnel's own layers (TLS,
+    inner HTTP) unchanged; every command comes back up through them, where the stream turns a SendData for
+    the client into a ResponseData and the outer HTTP/1 server turns that back into the same SendData. Once
+    the tunnel is a pipe, s3proxy gives the tunnel's layers the events that would reach them unchanged and
+    passes their commands on as the outer layers would, keeping the outer HttpLayer's routing table as it
+    keeps it. Everything else (the client's close, an event while an outer layer is paused or logs for
+    proxy_debug, any other mode) takes mitmproxy's path. Until a connection's tunnel is a pipe (and on a
+    connection that never has one: plain-HTTP proxy requests) each event costs a few attribute checks."""
+    from mitmproxy.proxy import commands, events, layer
+    from mitmproxy.proxy.layers import http as http_layers
+    from mitmproxy.proxy.layers import modes
+    from mitmproxy.proxy.layers.http import _events, _http1
+
+    Http1Server = _http1.Http1Server
+    pipe_state = _http1.Http1Connection.passthrough
+    stream_pipe = http_layers.HttpStream.passthrough
+    SendData, DataReceived = commands.SendData, events.DataReceived
+    CloseConnection, CloseTcpConnection = commands.CloseConnection, commands.CloseTcpConnection
+    OpenConnection = commands.OpenConnection
+    CommandCompleted, ConnectionClosed = events.CommandCompleted, events.ConnectionClosed
+
+    class Tunnel:
+        """The layers of one connection's CONNECT tunnel: HttpProxy -> NextLayer -> HttpLayer(regular)
+        -> HttpStream (the CONNECT, in pipe state) -> `inner` (the tunnel's layers); the client's bytes
+        reach the stream through the outer HttpLayer's Http1Server."""
+
+        __slots__ = ("client", "inner", "outer", "outer_layers", "server", "stream")
+
+        def __init__(self, client: Any, mode: Any, nxt: Any, outer: Any, server: Any, stream: Any) -> None:
+            self.client, self.outer, self.server, self.stream = client, outer, server, stream
+            self.inner = stream.child_layer
+            self.outer_layers = (mode, nxt, outer, server, stream)
+
+        def clear(self) -> bool:
+            """No outer layer paused or logging, and the CONNECT's stream still the outer layer's."""
+            for part in self.outer_layers:
+                if part._paused is not None or part.debug is not None:
+                    return False
+            return self.outer.streams.get(self.stream.stream_id) is self.stream
+
+    def find(handler: Any) -> Tunnel | None:
+        # mitmproxy's ServerInstance.handle_stream makes the mode layer the handler's root
+        # (RegularInstance.make_top_layer: HttpProxy); every other mode keeps mitmproxy's routing.
+        mode = handler.layer
+        if type(mode) is not modes.HttpProxy:
+            return None
+        nxt = getattr(mode._handle_event, "__self__", None)
+        outer = getattr(nxt, "layer", None)
+        if type(nxt) is not layer.NextLayer or type(outer) is not http_layers.HttpLayer:
+            return None
+        client = handler.client
+        server = outer.connections.get(client)
+        if type(server) is not Http1Server or getattr(server.state, "__func__", None) is not pipe_state:
+            return None
+        stream = outer.streams.get(server.stream_id)
+        if stream is None or getattr(stream._handle_event, "__func__", None) is not stream_pipe:
+            return None
+        response = stream.flow.response
+        if response is None or response.status_code == 101 or "transfer-encoding" in response.headers:
+            return None  # (101: the stream passes server data as HTTP; chunked: the server frames it)
+        return Tunnel(client, mode, nxt, outer, server, stream)
+
+    def shortcut(tunnel: Tunnel, event: Any) -> Any:
+        client = tunnel.client
+        for command in tunnel.inner.handle_event(event):
+            t = type(command)
+            if t is SendData:
+                # For the client, the outer Http1Server sends what it is given, unless it is empty; for a
+                # server, the stream passes it on as it is.
+                if command.data or command.connection is not client:
+                    yield command
+            elif t is OpenConnection:
+                tunnel.outer.connections[command.connection] = tunnel.stream  # as event_to_child does
+                yield command
+            elif isinstance(command, CloseConnection):
+                if command.connection is client:
+                    # The stream's PASSTHROUGH_CLOSE through the outer Http1Server, as mitmproxy does.
+                    error = _events.ResponseProtocolError(
+                        tunnel.stream.stream_id, "EOF", _events.ErrorCode.PASSTHROUGH_CLOSE
+                    )
+                    yield from tunnel.outer.event_to_child(tunnel.server, error)
+                elif isinstance(command, CloseTcpConnection):
+                    yield CloseConnection(command.connection)  # the stream always closes in full
+                else:
+                    yield command
+            else:
+                yield command
+
+    def route(handler: Any, event: Any) -> Any:
+        tunnel = handler.__dict__.get("_s3proxy_tunnel")
+        if tunnel is None:
+            tunnel = find(handler)
+            if tunnel is None:
+                return handler.layer.handle_event(event)
+            handler._s3proxy_tunnel = tunnel
+        if isinstance(event, CommandCompleted):
+            # A command the outer HttpLayer saw goes back through it (it routes by what it saw); one issued
+            # through the shortcut goes straight back to the tunnel's layers, where mitmproxy would take it.
+            if event.command in tunnel.outer.command_sources:
+                return handler.layer.handle_event(event)
+            return shortcut(tunnel, event)
+        if tunnel.clear():
+            t = type(event)
+            if t is DataReceived or t is ConnectionClosed:
+                conn = event.connection
+                if conn is tunnel.client:
+                    # Only the client's bytes: its close goes through the outer layers, which end the CONNECT.
+                    if t is DataReceived and getattr(tunnel.server.state, "__func__", None) is pipe_state:
+                        return shortcut(tunnel, event)
+                elif tunnel.outer.connections.get(conn) is tunnel.stream:
+                    return shortcut(tunnel, event)
+        return handler.layer.handle_event(event)
+
+    return route
+
+
 def inline_hooks() -> None:
     from mitmproxy.proxy import commands, events, server
     from mitmproxy.utils import asyncio_utils
 
     coalesce = enabled("coalesced_writes")
+    route = _tunnel_router() if enabled("tunnel_shortcut") else _layer_route
 
     async def hook_task(self: Any, hook: Any) -> None:
         # mitmproxy's ConnectionHandler.hook_task. A hook that finished within its task's eager first
@@ -574,7 +711,7 @@ def inline_hooks() -> None:
                 while True:
                     self.timeout_watchdog.register_activity()
                     try:
-                        layer_commands = self.layer.handle_event(event)
+                        layer_commands = route(self, event)
                         for command in layer_commands:
                             if held and type(command) not in (commands.SendData, commands.Log):
                                 flush()

@@ -27,14 +27,14 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, flow, http, master, options, optmanager
-from mitmproxy.addons import termlog, tlsconfig
+from mitmproxy.addons import proxyserver, termlog, tlsconfig
 from mitmproxy.coretypes import multidict
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import commands, context, events, layer, server
 from mitmproxy.proxy import mode_servers as server_modes
 from mitmproxy.proxy import server_hooks as hooks
 from mitmproxy.proxy.layers import http as http_layers
-from mitmproxy.proxy.layers import tls
+from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.test import tflow
@@ -139,6 +139,18 @@ PINNED = {
     "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
     "Http1Connection.mark_done": (_http1.Http1Connection.mark_done, "dc5ed395ce4f0763"),
     "Http1Client.read_headers": (_http1.Http1Client.read_headers, "415454c5fa8b5981"),
+    # tunnel_shortcut (s3proxy.tuning._tunnel_router) gives a CONNECT tunnel's events to the tunnel's layers
+    # as these would, and converts the commands as the stream in pipe state and the outer Http1Server do
+    # (Http1Server.send, HttpLayer.event_to_child and HttpLayer._handle_event are pinned above):
+    "HttpStream.passthrough": (http_layers.HttpStream.passthrough, "a6df32aba1ae251a"),
+    "HttpStream.handle_connect_finish": (http_layers.HttpStream.handle_connect_finish, "eb3a0054cb5b716e"),
+    "Http1Connection.passthrough": (_http1.Http1Connection.passthrough, "aa59bc78ffbdcf54"),
+    "Http1Connection.make_pipe": (_http1.Http1Connection.make_pipe, "a3af8fb481541632"),
+    "HttpProxy._handle_event": (modes.HttpProxy._handle_event, "8147a0c98455987c"),
+    "RegularInstance.make_top_layer": (server_modes.RegularInstance.make_top_layer, "85b8c941042003e1"),
+    "ServerInstance.handle_stream": (server_modes.ServerInstance.handle_stream, "21eea06f208c752e"),
+    "Layer.handle_event": (layer.Layer.handle_event, "fd88b0fb09ceddbb"),
+    "NextLayer._ask": (layer.NextLayer._ask, "4d8ace76d8488336"),
     # s3proxy/ciphers.py builds mitmproxy's TLS contexts with these (uncached: __wrapped__) and relies on
     # tlsconfig asking for one per connection, through the module, before making the connection:
     "create_client_proxy_context": (net_tls.create_client_proxy_context, "8a3bd5b54ef3d093"),
@@ -1585,3 +1597,236 @@ def test_point_sets_what_mitmproxys_setters_would(authority: bytes) -> None:
     )
     assert got.headers.fields == want.headers.fields
     assert pointed.request.url == r.url
+
+
+# --------------------------------------------------------------------------------- tunnel_shortcut
+
+
+@dataclasses.dataclass
+class TunnelProbeHook(commands.StartHook):
+    what: str
+
+
+class TunnelProbeLayer(layer.Layer):
+    """What runs inside a CONNECT tunnel (in the proxy: TLS and HTTP): each client message asks for one
+    kind of command, so every conversion the outer layers make is exercised."""
+
+    def __init__(self, context: context.Context) -> None:
+        super().__init__(context)
+        self.server = connection.Server(address=("upstream.example", 443))
+
+    def _handle_event(self, event: events.Event) -> Any:
+        client = self.context.client
+        if isinstance(event, events.DataReceived) and event.connection is client:
+            what = event.data
+            if what == b"open":
+                err = yield commands.OpenConnection(self.server)
+                yield commands.SendData(client, b"opened:%s" % str(err).encode())
+            elif what.startswith(b"echo:"):
+                yield commands.SendData(client, what[5:].upper())
+                yield commands.SendData(self.server, what[5:])
+                yield commands.Log("echoed", logging.DEBUG)
+            elif what == b"hook":
+                yield TunnelProbeHook("probe")
+                yield commands.SendData(client, b"after-hook")
+            elif what == b"wake":
+                yield commands.RequestWakeup(0.5)
+            elif what == b"empty":
+                yield commands.SendData(client, b"")
+            elif what == b"half-close-server":
+                yield commands.CloseTcpConnection(self.server, half_close=True)
+            elif what == b"close-server":
+                yield commands.CloseConnection(self.server)
+            elif what == b"half-close-client":
+                yield commands.CloseTcpConnection(client, half_close=True)
+            elif what == b"close-client":
+                yield commands.CloseConnection(client)
+        elif isinstance(event, events.Wakeup):
+            yield commands.SendData(client, b"woken")
+        elif isinstance(event, events.DataReceived):
+            yield commands.SendData(client, b"from-server:" + event.data)
+        elif isinstance(event, events.ConnectionClosed):
+            if event.connection is client:  # a hook asked for on mitmproxy's path (the client's close)
+                yield TunnelProbeHook("closing")
+            other = self.server if event.connection is client else client
+            yield commands.SendData(other, b"closed")
+
+
+class TunnelDriver:
+    """A regular-mode connection as mitmproxy builds it (the HttpProxy mode layer at the root, where
+    ServerInstance.handle_stream puts it), driven event by event the way ConnectionHandler drives it:
+    blocking commands are answered (hooks completed, the tunnel's next layer chosen, connections opened)
+    and every command is noted in a form both drivers can be compared in."""
+
+    def __init__(self, route: Any) -> None:
+        from mitmproxy.proxy.layers import modes
+
+        opts = options.Options()
+        proxyserver.Proxyserver().load(types.SimpleNamespace(add_option=opts.add_option))
+        opts.connection_strategy = "lazy"  # as s3proxy runs mitmproxy
+        self.client = connection.Client(
+            peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0
+        )
+        self.client.state = connection.ConnectionState.OPEN
+        self.handler = types.SimpleNamespace(layer=modes.HttpProxy(context.Context(self.client, opts)))
+        self.handler.client = self.client
+        self.route = route
+        self.seen: list[Any] = []
+        self.names: dict[int, str] = {id(self.client): "client"}
+        self.wakeups: list[commands.RequestWakeup] = []
+
+    def name(self, conn: Any) -> str:
+        return self.names.setdefault(id(conn), f"server{len(self.names)}")
+
+    def feed(self, event: events.Event) -> None:
+        pending = [event]
+        while pending:
+            for command in self.route(self.handler, pending.pop(0)):
+                entry: tuple[Any, ...] = (type(command).__name__,)
+                if isinstance(command, commands.ConnectionCommand):
+                    entry += (self.name(command.connection),)
+                if isinstance(command, commands.SendData):
+                    entry += (bytes(command.data),)
+                if isinstance(command, commands.CloseTcpConnection):
+                    entry += (command.half_close,)
+                if isinstance(command, commands.StartHook):
+                    entry += (command.name,)
+                self.seen.append(entry)
+                if isinstance(command, layer.NextLayerHook):
+                    outer = command.data.context.layers[-1] if command.data.context.layers else None
+                    if type(outer) is http_layers.HttpStream:
+                        command.data.layer = TunnelProbeLayer(command.data.context)
+                    else:
+                        command.data.layer = http_layers.HttpLayer(
+                            command.data.context, http_layers.HTTPMode.regular
+                        )
+                if isinstance(command, commands.OpenConnection):
+                    command.connection.state = connection.ConnectionState.OPEN
+                    pending.append(events.OpenConnectionCompleted(command, None))
+                elif isinstance(command, commands.StartHook) and command.blocking:
+                    pending.append(events.HookCompleted(command))
+                elif isinstance(command, commands.RequestWakeup):
+                    self.wakeups.append(command)
+
+    def outer(self) -> Any:
+        nxt = self.handler.layer._handle_event.__self__
+        return nxt.layer
+
+    def state(self) -> tuple[Any, ...]:
+        outer = self.outer()
+        # (The outer HttpLayer's command_sources is not compared: on the shortcut nothing is recorded there,
+        # see test_the_shortcut_leaves_nothing_behind_in_the_outer_layer.)
+        return (sorted(self.name(c) for c in outer.connections), sorted(outer.streams))
+
+
+CONNECT = b"CONNECT s3.amazonaws.com:443 HTTP/1.1\r\nHost: s3.amazonaws.com:443\r\n\r\n"
+TUNNEL_SCRIPT: list[tuple[str, bytes]] = [
+    ("client", b"echo:first"),  # the tunnel's next layer is chosen here
+    ("client", b"open"),
+    ("client", b"echo:abc"),
+    ("server", b"response"),
+    ("client", b"hook"),
+    ("client", b"empty"),
+    ("client", b"wake"),
+    ("wakeup", b""),
+    ("client", b"half-close-server"),
+    ("server", b"more"),
+    ("server-closed", b""),
+    ("client", b"half-close-client"),
+    ("client", b"close-client"),
+    ("client-closed", b""),
+]
+
+
+def _drive_tunnel(route: Any, script: list[tuple[str, bytes]]) -> TunnelDriver:
+    d = TunnelDriver(route)
+    d.feed(events.Start())
+    d.feed(events.DataReceived(d.client, CONNECT))
+    for source, data in script:
+        probe = None
+        stream = next(iter(d.outer().streams.values()), None)
+        if stream is not None and isinstance(stream.child_layer, layer.NextLayer):
+            probe = stream.child_layer.layer
+        if source == "client":
+            d.feed(events.DataReceived(d.client, data))
+        elif source == "client-closed":
+            d.feed(events.ConnectionClosed(d.client))
+        elif source == "wakeup":
+            d.feed(events.Wakeup(d.wakeups.pop(0)))
+        else:
+            assert isinstance(probe, TunnelProbeLayer)
+            if source == "server":
+                d.feed(events.DataReceived(probe.server, data))
+            else:
+                d.feed(events.ConnectionClosed(probe.server))
+        d.seen.append(("state", *d.state()))
+    return d
+
+
+def _counting_passthrough(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    original = http_layers.HttpStream.passthrough
+
+    def passthrough(self: Any, event: events.Event) -> Any:
+        calls[0] += 1
+        return original(self, event)
+
+    monkeypatch.setattr(http_layers.HttpStream, "passthrough", passthrough)
+    return calls
+
+
+def test_tunnel_shortcut_gives_the_commands_and_state_mitmproxys_layers_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _counting_passthrough(monkeypatch)
+    mitmproxy_path = _drive_tunnel(tuning._layer_route, TUNNEL_SCRIPT)
+    through_layers = calls[0]
+    calls[0] = 0
+    shortcut = _drive_tunnel(tuning._tunnel_router(), TUNNEL_SCRIPT)
+    assert shortcut.seen == mitmproxy_path.seen
+    # The script reached the tunnel's layers through the CONNECT stream on mitmproxy's path; with the
+    # shortcut only the client's close did (it takes mitmproxy's path), once per event it carries.
+    assert through_layers > 10
+    assert calls[0] <= 2
+    assert ("SendData", "client", b"ABC") in shortcut.seen
+    assert ("SendData", "client", b"from-server:response") in shortcut.seen
+    assert ("SendData", "client", b"after-hook") in shortcut.seen
+    assert ("SendData", "client", b"woken") in shortcut.seen
+    assert ("CloseTcpConnection", "server1", True) not in shortcut.seen  # a half-close became a close
+    assert ("CloseConnection", "server1") in shortcut.seen
+    # Every completion went back the way its command came: nothing is left waiting in the outer layer.
+    assert shortcut.outer().command_sources == mitmproxy_path.outer().command_sources == {}
+
+
+@pytest.mark.parametrize("step", range(len(TUNNEL_SCRIPT)))
+def test_tunnel_shortcut_matches_mitmproxy_after_each_step(step: int) -> None:
+    script = TUNNEL_SCRIPT[: step + 1]
+    mitmproxy_path = _drive_tunnel(tuning._layer_route, script)
+    assert _drive_tunnel(tuning._tunnel_router(), script).seen == mitmproxy_path.seen
+
+
+def test_a_hook_issued_before_the_shortcut_completes_through_mitmproxys_layers() -> None:
+    # The CONNECT's own hooks are recorded by the outer HttpLayer: their completions must go back through it.
+    route = tuning._tunnel_router()
+    d = TunnelDriver(route)
+    d.feed(events.Start())
+    d.feed(events.DataReceived(d.client, CONNECT))
+    assert [e for e in d.seen if e[0] == "HttpConnectHook"] and d.outer().command_sources == {}
+    assert any(e[:2] == ("SendData", "client") and e[2].startswith(b"HTTP/1.1 200") for e in d.seen)
+
+
+def test_the_shortcut_leaves_nothing_behind_in_the_outer_layer() -> None:
+    # A keep-alive connection carries thousands of requests through the shortcut: nothing may pile up in
+    # the outer HttpLayer (mitmproxy's path records each hook and timer there until it completes).
+    d = TunnelDriver(tuning._tunnel_router())
+    d.feed(events.Start())
+    d.feed(events.DataReceived(d.client, CONNECT))
+    d.feed(events.DataReceived(d.client, b"open"))
+    for _ in range(50):
+        d.feed(events.DataReceived(d.client, b"hook"))
+        d.feed(events.DataReceived(d.client, b"wake"))
+        d.feed(events.Wakeup(d.wakeups.pop(0)))
+        assert d.outer().command_sources == {}
+    assert d.seen.count(("SendData", "client", b"after-hook")) == 50
+    assert d.seen.count(("SendData", "client", b"woken")) == 50
+    assert d.state() == (["client", "server1"], [1])
