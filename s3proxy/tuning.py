@@ -549,8 +549,8 @@ def _tunnel_router() -> Callable[[Any, Any], Any]:
     the client into a ResponseData and the outer HTTP/1 server turns that back into the same SendData. Once
     the tunnel is a pipe, s3proxy gives the tunnel's layers the events that would reach them unchanged and
     passes their commands on as the outer layers would, keeping the outer HttpLayer's routing table as it
-    keeps it. Everything else (the client's close, an event while an outer layer is paused or logs for
-    proxy_debug, any other mode) takes mitmproxy's path. Until a connection's tunnel is a pipe (and on a
+    keeps it. Everything else (the client's close, an event while an outer layer is paused, proxy_debug,
+    any other mode) takes mitmproxy's path. Until a connection's tunnel is a pipe (and on a
     connection that never has one: plain-HTTP proxy requests) each event costs a few attribute checks."""
     from mitmproxy.proxy import commands, events, layer
     from mitmproxy.proxy.layers import http as http_layers
@@ -578,9 +578,9 @@ def _tunnel_router() -> Callable[[Any, Any], Any]:
             self.outer_layers = (mode, nxt, outer, server, stream)
 
         def clear(self) -> bool:
-            """No outer layer paused or logging, and the CONNECT's stream still the outer layer's."""
+            """No outer layer paused, and the CONNECT's stream still the outer layer's."""
             for part in self.outer_layers:
-                if part._paused is not None or part.debug is not None:
+                if part._paused is not None:
                     return False
             return self.outer.streams.get(self.stream.stream_id) is self.stream
 
@@ -604,6 +604,8 @@ def _tunnel_router() -> Callable[[Any, Any], Any]:
         response = stream.flow.response
         if response is None or response.status_code == 101 or "transfer-encoding" in response.headers:
             return None  # (101: the stream passes server data as HTTP; chunked: the server frames it)
+        if any(part.debug is not None for part in (mode, nxt, outer, server, stream)):
+            return None  # proxy_debug (set when a layer is made): every layer logs what passes through it
         return Tunnel(client, mode, nxt, outer, server, stream)
 
     def shortcut(tunnel: Tunnel, event: Any) -> Any:
@@ -637,13 +639,13 @@ def _tunnel_router() -> Callable[[Any, Any], Any]:
         if tunnel is None:
             tunnel = find(handler)
             if tunnel is None:
-                return handler.layer.handle_event(event)
+                return _layer_route(handler, event)
             handler._s3proxy_tunnel = tunnel
         if isinstance(event, CommandCompleted):
             # A command the outer HttpLayer saw goes back through it (it routes by what it saw); one issued
             # through the shortcut goes straight back to the tunnel's layers, where mitmproxy would take it.
             if event.command in tunnel.outer.command_sources:
-                return handler.layer.handle_event(event)
+                return _layer_route(handler, event)
             return shortcut(tunnel, event)
         if tunnel.clear():
             t = type(event)
@@ -655,7 +657,7 @@ def _tunnel_router() -> Callable[[Any, Any], Any]:
                         return shortcut(tunnel, event)
                 elif tunnel.outer.connections.get(conn) is tunnel.stream:
                     return shortcut(tunnel, event)
-        return handler.layer.handle_event(event)
+        return _layer_route(handler, event)
 
     return route
 

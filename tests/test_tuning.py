@@ -1658,12 +1658,11 @@ class TunnelDriver:
     blocking commands are answered (hooks completed, the tunnel's next layer chosen, connections opened)
     and every command is noted in a form both drivers can be compared in."""
 
-    def __init__(self, route: Any) -> None:
-        from mitmproxy.proxy.layers import modes
-
+    def __init__(self, route: Any, debug: bool = False) -> None:
         opts = options.Options()
         proxyserver.Proxyserver().load(types.SimpleNamespace(add_option=opts.add_option))
         opts.connection_strategy = "lazy"  # as s3proxy runs mitmproxy
+        opts.proxy_debug = debug
         self.client = connection.Client(
             peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0
         )
@@ -1738,8 +1737,8 @@ TUNNEL_SCRIPT: list[tuple[str, bytes]] = [
 ]
 
 
-def _drive_tunnel(route: Any, script: list[tuple[str, bytes]]) -> TunnelDriver:
-    d = TunnelDriver(route)
+def _drive_tunnel(route: Any, script: list[tuple[str, bytes]], debug: bool = False) -> TunnelDriver:
+    d = TunnelDriver(route, debug)
     d.feed(events.Start())
     d.feed(events.DataReceived(d.client, CONNECT))
     for source, data in script:
@@ -1830,3 +1829,13 @@ def test_the_shortcut_leaves_nothing_behind_in_the_outer_layer() -> None:
     assert d.seen.count(("SendData", "client", b"after-hook")) == 50
     assert d.seen.count(("SendData", "client", b"woken")) == 50
     assert d.state() == (["client", "server1"], [1])
+
+
+def test_with_proxy_debug_every_event_takes_mitmproxys_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # proxy_debug has every layer log what passes through it: the shortcut would leave out the outer ones.
+    calls = _counting_passthrough(monkeypatch)
+    mitmproxy_path = _drive_tunnel(tuning._layer_route, TUNNEL_SCRIPT, debug=True)
+    through_layers, calls[0] = calls[0], 0
+    routed = _drive_tunnel(tuning._tunnel_router(), TUNNEL_SCRIPT, debug=True)
+    assert routed.seen == mitmproxy_path.seen
+    assert calls[0] == through_layers > 10
